@@ -1,0 +1,205 @@
+//! Echo server: gRPC (`api.protobuf.pod/getInfo`, health, reflection) and
+//! HTTP (`/pod`, `/healthz`, `/`), both answering with the pod name and the
+//! server's view of the connection the call came on.
+
+mod conn;
+mod echo;
+mod grpc;
+mod http;
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::{StreamExt as _, wrappers::TcpListenerStream};
+use tonic_health::ServingStatus;
+
+pub use conn::ConnInfo;
+pub use http::{HttpState, app as http_app};
+
+/// Largest gRPC message the server decodes. Requests are a few bytes; anything
+/// near this is garbage or abuse and gets RESOURCE_EXHAUSTED.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Everything the server needs, as a plain struct tests build directly.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub pod_name: String,
+    /// After a stop signal: how long to keep serving while reporting
+    /// NOT_SERVING, so load balancers stop sending new calls.
+    pub drain_grace: Duration,
+    /// Then: how long in-flight calls get before connections are cut.
+    pub drain_timeout: Duration,
+    /// Upper bound for a request's `delay_ms`.
+    pub max_delay: Duration,
+}
+
+impl Config {
+    /// Both listeners on 127.0.0.1 ephemeral ports: for tests and local runs.
+    pub fn local(pod_name: impl Into<String>) -> Self {
+        Self {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            pod_name: pod_name.into(),
+            drain_grace: Duration::ZERO,
+            drain_timeout: Duration::from_secs(10),
+            max_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A server whose listeners are bound (so their addresses are known) but not
+/// yet serving.
+pub struct Server {
+    config: Config,
+    grpc: TcpListener,
+    http: TcpListener,
+}
+
+impl Server {
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        let grpc = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("cannot listen for gRPC on {}", config.grpc_addr))?;
+        let http = TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {}", config.http_addr))?;
+        Ok(Self { config, grpc, http })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// Serve until `shutdown` completes, then drain: health NOT_SERVING for
+    /// `drain_grace`, then stop accepting, let in-flight calls finish and
+    /// return within `drain_timeout`.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let (grpc_addr, http_addr) = (self.grpc_addr(), self.http_addr());
+        let Self { config, grpc, http } = self;
+        let pod_name: Arc<str> = config.pod_name.as_str().into();
+        let serving = Arc::new(AtomicBool::new(true));
+        let (drain_tx, drain_rx) = watch::channel(false);
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<proto::PodServer<grpc::PodService>>()
+            .await;
+        health.set_service_status("", ServingStatus::Serving).await;
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let pod_service =
+            proto::PodServer::new(grpc::PodService::new(pod_name.clone(), config.max_delay))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES);
+
+        let incoming = TcpListenerStream::new(grpc)
+            .map(|accepted| accepted.and_then(conn::TrackedStream::new));
+        let mut grpc_task = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+                .add_service(pod_service)
+                .serve_with_incoming_shutdown(incoming, drained(drain_rx.clone())),
+        );
+
+        let http_app = http::app(HttpState {
+            pod_name: pod_name.clone(),
+            serving: serving.clone(),
+        });
+        let mut http_task = tokio::spawn(
+            axum::serve(
+                http,
+                http_app.into_make_service_with_connect_info::<ConnInfo>(),
+            )
+            .with_graceful_shutdown(drained(drain_rx))
+            .into_future(),
+        );
+
+        log::info!(
+            "pod {pod_name}: gRPC on {grpc_addr}, HTTP on {http_addr} (health, reflection v1/v1alpha)"
+        );
+
+        tokio::select! {
+            () = shutdown => {}
+            // Listeners only stop on their own after a fatal error.
+            joined = &mut grpc_task => return stopped_early("gRPC", joined),
+            joined = &mut http_task => return stopped_early("HTTP", joined),
+        }
+
+        log::info!(
+            "draining: NOT_SERVING for {:?}, then up to {:?} for in-flight calls",
+            config.drain_grace,
+            config.drain_timeout
+        );
+        serving.store(false, std::sync::atomic::Ordering::Relaxed);
+        health
+            .set_not_serving::<proto::PodServer<grpc::PodService>>()
+            .await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        tokio::time::sleep(config.drain_grace).await;
+        let _ = drain_tx.send(true);
+
+        let finished = tokio::time::timeout(config.drain_timeout, async {
+            let grpc = grpc_task.await;
+            let http = http_task.await;
+            (grpc, http)
+        })
+        .await;
+        match finished {
+            Ok((grpc, http)) => {
+                grpc.context("gRPC server task")?.context("gRPC server")?;
+                http.context("HTTP server task")?.context("HTTP server")?;
+                log::info!("drained, exiting");
+            }
+            Err(_) => log::warn!(
+                "drain timeout {:?} reached: closing remaining connections",
+                config.drain_timeout
+            ),
+        }
+        Ok(())
+    }
+}
+
+async fn drained(mut rx: watch::Receiver<bool>) {
+    // An error means the sender is gone: treat as drained.
+    let _ = rx.wait_for(|draining| *draining).await;
+}
+
+fn stopped_early<E>(
+    what: &str,
+    joined: Result<Result<(), E>, tokio::task::JoinError>,
+) -> anyhow::Result<()>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match joined {
+        Ok(Ok(())) => anyhow::bail!("{what} listener stopped unexpectedly"),
+        Ok(Err(e)) => Err(anyhow::Error::new(e).context(format!("{what} listener failed"))),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("{what} listener panicked"))),
+    }
+}

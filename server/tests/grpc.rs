@@ -1,0 +1,298 @@
+//! The gRPC side, served in-process on ephemeral ports.
+
+use std::time::Duration;
+
+use proto::{InfoRequest, PodClient};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{Code, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+struct Running {
+    grpc: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start(config: server::Config) -> Running {
+    let server = server::Server::bind(config).await.expect("bind");
+    let grpc = format!("http://{}", server.grpc_addr());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(async {
+        let _ = stopped.await;
+    }));
+    Running {
+        grpc,
+        stop: Some(stop),
+        task,
+    }
+}
+
+impl Running {
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(self.grpc.clone())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect")
+    }
+}
+
+#[tokio::test]
+async fn get_info_returns_the_pod_name() {
+    let server = start(server::Config::local("server-7d4b9-x1")).await;
+    let mut client = PodClient::new(server.channel().await);
+    let response = client
+        .get_info(InfoRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.name, "server-7d4b9-x1");
+    assert!(
+        response.peer.starts_with("127.0.0.1:"),
+        "peer {:?}",
+        response.peer
+    );
+}
+
+#[tokio::test]
+async fn request_count_is_per_connection() {
+    let server = start(server::Config::local("p")).await;
+    let mut first = PodClient::new(server.channel().await);
+    let mut counts = Vec::new();
+    let mut peers = Vec::new();
+    for _ in 0..3 {
+        let r = first
+            .get_info(InfoRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        counts.push(r.connection_requests);
+        peers.push(r.peer);
+    }
+    assert_eq!(counts, [1, 2, 3]);
+    assert!(
+        peers.iter().all(|p| p == &peers[0]),
+        "one connection: {peers:?}"
+    );
+
+    let mut second = PodClient::new(server.channel().await);
+    let r = second
+        .get_info(InfoRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.connection_requests, 1,
+        "a new channel is a new connection"
+    );
+    assert_ne!(r.peer, peers[0]);
+}
+
+#[tokio::test]
+async fn health_reports_serving_then_not_serving_while_draining() {
+    let mut config = server::Config::local("p");
+    config.drain_grace = Duration::from_millis(800);
+    let mut server = start(config).await;
+    let channel = server.channel().await;
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", proto::SERVICE_NAME] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        assert_eq!(status, ServingStatus::Serving, "service {service:?}");
+    }
+
+    // A call in flight across the whole drain must still complete.
+    let mut pod = PodClient::new(channel.clone());
+    let in_flight = tokio::spawn(async move { pod.get_info(InfoRequest { delay_ms: 1200 }).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.stop.take().unwrap().send(()).unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("health answers during the drain grace")
+            .into_inner()
+            .status();
+        if status == ServingStatus::NotServing {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never NOT_SERVING");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let answer = in_flight.await.unwrap().expect("in-flight call completes");
+    assert_eq!(answer.into_inner().name, "p");
+    tokio::time::timeout(Duration::from_secs(5), server.task)
+        .await
+        .expect("server exits within the drain bound")
+        .unwrap()
+        .unwrap();
+    let refused = tokio::net::TcpStream::connect(server.grpc.trim_start_matches("http://")).await;
+    assert!(
+        refused.is_err(),
+        "new connections are refused after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn drain_timeout_bounds_shutdown_with_a_stuck_call() {
+    let mut config = server::Config::local("p");
+    config.drain_timeout = Duration::from_millis(300);
+    let mut server = start(config).await;
+    let mut pod = PodClient::new(server.channel().await);
+    let _stuck = tokio::spawn(async move { pod.get_info(InfoRequest { delay_ms: 20_000 }).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.stop.take().unwrap().send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(3), server.task)
+        .await
+        .expect("exits after drain_timeout, not after the stuck call")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn reflection_lists_the_services() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let server = start(server::Config::local("p")).await;
+    let mut client = ServerReflectionClient::new(server.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().expect("one response");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer: {response:?}");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [proto::SERVICE_NAME, "grpc.health.v1.Health"] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn echo_metadata_comes_back_as_response_metadata() {
+    let server = start(server::Config::local("p")).await;
+    let mut client = PodClient::new(server.channel().await);
+    let mut request = tonic::Request::new(InfoRequest::default());
+    request.metadata_mut().append(
+        proto::ECHO_RESPONSE_HEADER,
+        "x-upstream-pod=evil".parse().unwrap(),
+    );
+    let response = client.get_info(request).await.unwrap();
+    assert_eq!(response.metadata().get("x-upstream-pod").unwrap(), "evil");
+
+    let mut bad = tonic::Request::new(InfoRequest::default());
+    bad.metadata_mut().append(
+        proto::ECHO_RESPONSE_HEADER,
+        "no-equals-sign".parse().unwrap(),
+    );
+    let status = client.get_info(bad).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn bad_requests_get_grpc_errors_not_panics() {
+    let server = start(server::Config::local("p")).await;
+    let channel = server.channel().await;
+
+    let too_slow = PodClient::new(channel.clone())
+        .get_info(InfoRequest {
+            delay_ms: 3_600_000,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(too_slow.code(), Code::InvalidArgument);
+    assert!(
+        too_slow.message().contains("delay_ms"),
+        "{}",
+        too_slow.message()
+    );
+
+    // An unknown method on the known service, and an oversized message
+    // (a field the server does not know, padded past the limit).
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Padded {
+        #[prost(bytes = "vec", tag = "99")]
+        junk: Vec<u8>,
+    }
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let unknown = grpc
+        .unary::<_, Padded, _>(
+            tonic::Request::new(Padded { junk: vec![] }),
+            "/api.protobuf.pod/noSuchMethod".parse().unwrap(),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::Unimplemented);
+
+    grpc.ready().await.unwrap();
+    let oversized = grpc
+        .unary::<_, Padded, _>(
+            tonic::Request::new(Padded {
+                junk: vec![7; server::MAX_MESSAGE_BYTES + 1],
+            }),
+            proto::GET_INFO_PATH.parse().unwrap(),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    // tonic reports an over-limit message as OUT_OF_RANGE.
+    assert_eq!(oversized.code(), Code::OutOfRange, "{oversized:?}");
+    assert!(
+        oversized.message().contains("too large"),
+        "{}",
+        oversized.message()
+    );
+
+    // The server is still fine afterwards.
+    let ok = PodClient::new(channel)
+        .get_info(InfoRequest::default())
+        .await;
+    assert_eq!(ok.unwrap().into_inner().name, "p");
+}
+
+#[tokio::test]
+async fn garbage_bytes_on_the_grpc_port_do_not_hurt_the_server() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start(server::Config::local("p")).await;
+    let addr = server.grpc.trim_start_matches("http://").to_owned();
+    let mut raw = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\n\r\n\x00\xff garbage")
+        .await
+        .unwrap();
+    let mut sink = Vec::new();
+    // The server closes the connection (h2 preface mismatch) rather than hang.
+    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut sink))
+        .await
+        .expect("server closes a garbage connection")
+        .ok();
+    let ok = PodClient::new(server.channel().await)
+        .get_info(InfoRequest::default())
+        .await;
+    assert_eq!(ok.unwrap().into_inner().name, "p");
+}

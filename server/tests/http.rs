@@ -1,0 +1,168 @@
+//! The HTTP side: the router alone (oneshot) and the real server over TCP.
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty};
+use hyper::{Request, StatusCode, body::Bytes};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::oneshot,
+};
+use tower::ServiceExt;
+
+fn app() -> axum::Router {
+    server::http_app(server::HttpState {
+        pod_name: "server-abc".into(),
+        serving: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+    })
+}
+
+async fn body_text(response: hyper::Response<axum::body::Body>) -> String {
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn pod_answers_the_plain_pod_name() {
+    let response = app()
+        .oneshot(
+            Request::get("/pod")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body_text(response).await, "server-abc");
+}
+
+#[tokio::test]
+async fn healthz_is_ok_while_serving() {
+    let response = app()
+        .oneshot(
+            Request::get("/healthz")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn unknown_paths_and_bad_echo_headers_get_http_errors() {
+    let missing = app()
+        .oneshot(
+            Request::get("/nope")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+
+    let bad_echo = app()
+        .oneshot(
+            Request::get("/pod")
+                .header(proto::ECHO_RESPONSE_HEADER, "Bad Name=x")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(bad_echo.status(), StatusCode::BAD_REQUEST);
+}
+
+/// One keep-alive HTTP/1.1 connection to the real server.
+async fn http1(
+    addr: std::net::SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+#[tokio::test]
+async fn real_server_counts_requests_per_connection_and_echoes() {
+    let server = server::Server::bind(server::Config::local("server-abc"))
+        .await
+        .unwrap();
+    let addr = server.http_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(async {
+        let _ = stopped.await;
+    }));
+
+    let mut conn = http1(addr).await;
+    let mut counts = Vec::new();
+    for _ in 0..3 {
+        let response = conn
+            .send_request(
+                Request::get("/pod")
+                    .header("host", "x")
+                    .body(Empty::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        counts.push(
+            response.headers()[proto::SERVER_CONNECTION_REQUESTS_HEADER]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"server-abc");
+    }
+    assert_eq!(counts, ["1", "2", "3"]);
+
+    // `/` on a fresh connection: JSON with the peer, count 1 and our headers,
+    // non-UTF-8 values echoed lossily.
+    let mut fresh = http1(addr).await;
+    let response = fresh
+        .send_request(
+            Request::get("/")
+                .header("host", "x")
+                .header("x-demo", &b"caf\xe9"[..])
+                .header(proto::ECHO_RESPONSE_HEADER, "x-upstream-pod=evil")
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-upstream-pod"], "evil");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["pod"], "server-abc");
+    assert_eq!(json["connection_requests"], 1);
+    assert!(json["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(json["headers"]["x-demo"][0], "caf\u{fffd}");
+
+    // Malformed HTTP gets a 400, not a hang or a crash.
+    let mut raw = TcpStream::connect(addr).await.unwrap();
+    raw.write_all(b"GARBAGE \x00\xff HTTP/9.9\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer))
+        .await
+        .expect("server answers garbage promptly")
+        .unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 400"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
