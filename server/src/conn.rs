@@ -23,6 +23,8 @@ use tokio::{
 #[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// `peer` formatted once per connection, not once per call.
+    pub peer_text: Arc<str>,
     requests: Arc<AtomicU64>,
 }
 
@@ -30,6 +32,7 @@ impl ConnInfo {
     pub fn new(peer: SocketAddr) -> Self {
         Self {
             peer,
+            peer_text: peer.to_string().into(),
             requests: Arc::new(AtomicU64::new(0)),
         }
     }

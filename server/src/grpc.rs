@@ -31,7 +31,7 @@ impl Pod for PodService {
         request: Request<InfoRequest>,
     ) -> Result<Response<InfoResponse>, Status> {
         let (peer, connection_requests) = match request.extensions().get::<ConnInfo>() {
-            Some(conn) => (conn.peer.to_string(), conn.next_request()),
+            Some(conn) => (conn.peer_text.to_string(), conn.next_request()),
             // Only when served over a transport without our connection tracking.
             None => (String::new(), 0),
         };

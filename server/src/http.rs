@@ -71,7 +71,7 @@ async fn echo(State(state): State<HttpState>, request: Request) -> Json<EchoBody
     let peer = request
         .extensions()
         .get::<ConnectInfo<ConnInfo>>()
-        .map(|ConnectInfo(conn)| conn.peer.to_string());
+        .map(|ConnectInfo(conn)| conn.peer_text.to_string());
     let connection_requests = request
         .extensions()
         .get::<Served>()
