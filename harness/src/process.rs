@@ -1,13 +1,48 @@
-//! Child processes that cannot outlive the test, free ports, and waiting
-//! with deadlines.
+//! Child processes that cannot outlive us, free ports, and waiting with
+//! deadlines.
+//!
+//! A guarded child dies however we end: `Drop` kills it on normal exit,
+//! errors and panics; [`stop_children_on_signals`] on Ctrl-C/SIGTERM; and
+//! the kernel (`PR_SET_PDEATHSIG`) if we are killed outright.
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::{Error, Result};
+
+/// Pids of live guarded children, readable from a signal handler (atomics only).
+static CHILDREN: [AtomicI32; 128] = [const { AtomicI32::new(0) }; 128];
+
+extern "C" fn kill_children_and_exit(signal: libc::c_int) {
+    for slot in &CHILDREN {
+        let pid = slot.load(Ordering::SeqCst);
+        if pid > 0 {
+            // SAFETY: kill(2) is async-signal-safe.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    // SAFETY: _exit(2) is async-signal-safe.
+    unsafe { libc::_exit(128 + signal) };
+}
+
+/// On SIGINT/SIGTERM/SIGHUP: kill every guarded child and exit 128+signal.
+/// For long-running tools (the mesh, benchmarks); tests need not call it.
+pub fn stop_children_on_signals() {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only touches atomics and async-signal-safe calls.
+        unsafe {
+            libc::signal(
+                signal,
+                kill_children_and_exit as *const () as libc::sighandler_t,
+            )
+        };
+    }
+}
 
 /// Owns a child process and kills it (SIGKILL) and reaps it on `Drop`, so a
 /// failing test never leaves a listener behind.
@@ -15,31 +50,64 @@ use crate::{Error, Result};
 pub struct ChildGuard {
     child: Child,
     name: String,
+    slot: Option<usize>,
 }
 
 impl ChildGuard {
     /// Guards an already spawned child.
     pub fn new(name: impl Into<String>, child: Child) -> Self {
+        let pid = child.id() as i32;
+        let slot = CHILDREN.iter().position(|slot| {
+            slot.compare_exchange(0, pid, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        });
         ChildGuard {
             child,
             name: name.into(),
+            slot,
         }
     }
 
     /// Spawns `command` with stdout and stderr appended to `log`.
     pub fn spawn_logged(name: &str, command: &mut Command, log: &Path) -> Result<Self> {
+        Self::spawn(name, command, log, false)
+    }
+
+    /// Spawns `command` with stderr to `log` and stdout a pipe for the
+    /// caller ([`ChildGuard::take_stdout`]).
+    pub fn spawn_piped(name: &str, command: &mut Command, log: &Path) -> Result<Self> {
+        Self::spawn(name, command, log, true)
+    }
+
+    fn spawn(name: &str, command: &mut Command, log: &Path, piped: bool) -> Result<Self> {
         let out = File::create(log)
             .map_err(|e| Error::io(format!("cannot create {}", log.display()), e))?;
         let err = out
             .try_clone()
             .map_err(|e| Error::io(format!("cannot reopen {}", log.display()), e))?;
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let child = command
             .stdin(Stdio::null())
-            .stdout(out)
+            .stdout(if piped {
+                Stdio::piped()
+            } else {
+                Stdio::from(out)
+            })
             .stderr(err)
             .spawn()
             .map_err(|e| Error::io(format!("cannot start {name} ({command:?})"), e))?;
         Ok(ChildGuard::new(name, child))
+    }
+
+    /// The stdout pipe of a [`ChildGuard::spawn_piped`] child (once).
+    pub fn take_stdout(&mut self) -> Option<ChildStdout> {
+        self.child.stdout.take()
     }
 
     /// The process id (for `/proc/<pid>/stat` and friends).
@@ -65,6 +133,9 @@ impl ChildGuard {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
+        if let Some(slot) = self.slot.take() {
+            CHILDREN[slot].store(0, Ordering::SeqCst);
+        }
     }
 }
 

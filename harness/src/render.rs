@@ -64,6 +64,8 @@ pub struct WasmPlugin {
     pub failure_policy: FailurePolicy,
     /// `spec.vmConfig.env[].valueFrom: HOST` names.
     pub host_env_keys: Vec<String>,
+    /// `spec.vmConfig.env[]` with inline values (→ `key_values`).
+    pub env_values: Vec<(String, String)>,
 }
 
 impl WasmPlugin {
@@ -78,6 +80,7 @@ impl WasmPlugin {
             wasm_path: wasm_path.into(),
             failure_policy: FailurePolicy::FailClosed,
             host_env_keys: vec!["POD_NAME".to_owned()],
+            env_values: Vec::new(),
         }
     }
 
@@ -162,6 +165,15 @@ impl WasmPlugin {
     }
 
     fn typed_config(&self) -> Value {
+        let mut environment = json!({"host_env_keys": self.host_env_keys});
+        if !self.env_values.is_empty() {
+            let values: serde_json::Map<String, Value> = self
+                .env_values
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+                .collect();
+            environment["key_values"] = Value::Object(values);
+        }
         json!({
             "@type": WASM_TYPE_URL,
             "config": {
@@ -174,7 +186,7 @@ impl WasmPlugin {
                 "vm_config": {
                     "runtime": "envoy.wasm.runtime.v8",
                     "code": {"local": {"filename": self.wasm_path.to_string_lossy()}},
-                    "environment_variables": {"host_env_keys": self.host_env_keys},
+                    "environment_variables": environment,
                 },
                 "failure_policy": self.failure_policy.as_envoy(),
             }

@@ -124,9 +124,10 @@ impl<'a> Fields<'a> {
         let path = self.field(key);
         self.get(key)
             .map(|v| {
-                v.as_u64()
-                    .and_then(|n| u32::try_from(n).ok())
-                    .ok_or((path, format!("expected a non-negative 32-bit integer, got {v}")))
+                v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or((
+                    path,
+                    format!("expected a non-negative 32-bit integer, got {v}"),
+                ))
             })
             .transpose()
     }
@@ -135,9 +136,9 @@ impl<'a> Fields<'a> {
         let path = self.field(key);
         self.get(key)
             .map(|v| {
-                let text = v
-                    .as_str()
-                    .ok_or_else(|| (path.clone(), format!("expected a duration string, got {v}")))?;
+                let text = v.as_str().ok_or_else(|| {
+                    (path.clone(), format!("expected a duration string, got {v}"))
+                })?;
                 humantime::parse_duration(text)
                     .map_err(|e| (path, format!("invalid duration {text:?}: {e}")))
             })
@@ -147,7 +148,10 @@ impl<'a> Fields<'a> {
     fn str(&mut self, key: &'static str) -> Result<Option<&'a str>, (String, String)> {
         let path = self.field(key);
         self.get(key)
-            .map(|v| v.as_str().ok_or((path, format!("expected a string, got {v}"))))
+            .map(|v| {
+                v.as_str()
+                    .ok_or((path, format!("expected a string, got {v}")))
+            })
             .transpose()
     }
 
@@ -305,9 +309,17 @@ fn envoy_duration(d: Duration) -> String {
 impl ClusterPolicy {
     /// The Envoy cluster (JSON) for `endpoints`, as istiod would build it
     /// with STATIC endpoints instead of EDS. `http2`: a gRPC/h2 cluster.
-    pub fn envoy_cluster(&self, name: &str, endpoints: &[std::net::SocketAddr], http2: bool) -> Value {
+    pub fn envoy_cluster(
+        &self,
+        name: &str,
+        endpoints: &[std::net::SocketAddr],
+        http2: bool,
+    ) -> Value {
         let mut common = Map::new();
-        common.insert("idle_timeout".into(), json!(envoy_duration(self.idle_timeout)));
+        common.insert(
+            "idle_timeout".into(),
+            json!(envoy_duration(self.idle_timeout)),
+        );
         if let Some(n) = self.max_requests_per_connection {
             common.insert("max_requests_per_connection".into(), json!(n));
         }
@@ -393,7 +405,11 @@ mod tests {
 
     fn policy(traffic_policy: Value) -> ClusterPolicy {
         let t = translate(&dr(traffic_policy)).expect("translates");
-        assert!(t.warnings.is_empty(), "unexpected warnings {:?}", t.warnings);
+        assert!(
+            t.warnings.is_empty(),
+            "unexpected warnings {:?}",
+            t.warnings
+        );
         t.policy
     }
 
@@ -412,23 +428,59 @@ mod tests {
     fn each_connection_pool_field_maps_to_its_cluster_field() {
         type Check = fn(&ClusterPolicy) -> bool;
         let cases: &[(Value, Check)] = &[
-            (json!({"tcp": {"maxConnections": 1}}), |p| p.max_connections == 1),
-            (json!({"tcp": {"connectTimeout": "250ms"}}), |p| p.connect_timeout == Duration::from_millis(250)),
-            (json!({"tcp": {"tcpKeepalive": {"probes": 3, "time": "7200s", "interval": "75s"}}}), |p| {
-                p.tcp_keepalive == Some(TcpKeepalive { probes: Some(3), time: Some(Duration::from_secs(7200)), interval: Some(Duration::from_secs(75)) })
+            (json!({"tcp": {"maxConnections": 1}}), |p| {
+                p.max_connections == 1
             }),
-            (json!({"tcp": {"maxConnectionDuration": "30m"}}), |p| p.max_connection_duration == Some(Duration::from_secs(1800))),
-            (json!({"tcp": {"idleTimeout": "5m"}}), |p| p.idle_timeout == Duration::from_secs(300)),
-            (json!({"tcp": {"idleTimeout": "5m"}, "http": {"idleTimeout": "7s"}}), |p| p.idle_timeout == Duration::from_secs(7)),
-            (json!({"http": {"http1MaxPendingRequests": 1}}), |p| p.max_pending_requests == 1),
-            (json!({"http": {"http2MaxRequests": 50}}), |p| p.max_requests == 50),
-            (json!({"http": {"maxRequestsPerConnection": 100}}), |p| p.max_requests_per_connection == Some(100)),
-            (json!({"http": {"maxRequestsPerConnection": 0}}), |p| p.max_requests_per_connection.is_none()),
+            (json!({"tcp": {"connectTimeout": "250ms"}}), |p| {
+                p.connect_timeout == Duration::from_millis(250)
+            }),
+            (
+                json!({"tcp": {"tcpKeepalive": {"probes": 3, "time": "7200s", "interval": "75s"}}}),
+                |p| {
+                    p.tcp_keepalive
+                        == Some(TcpKeepalive {
+                            probes: Some(3),
+                            time: Some(Duration::from_secs(7200)),
+                            interval: Some(Duration::from_secs(75)),
+                        })
+                },
+            ),
+            (json!({"tcp": {"maxConnectionDuration": "30m"}}), |p| {
+                p.max_connection_duration == Some(Duration::from_secs(1800))
+            }),
+            (json!({"tcp": {"idleTimeout": "5m"}}), |p| {
+                p.idle_timeout == Duration::from_secs(300)
+            }),
+            (
+                json!({"tcp": {"idleTimeout": "5m"}, "http": {"idleTimeout": "7s"}}),
+                |p| p.idle_timeout == Duration::from_secs(7),
+            ),
+            (json!({"http": {"http1MaxPendingRequests": 1}}), |p| {
+                p.max_pending_requests == 1
+            }),
+            (json!({"http": {"http2MaxRequests": 50}}), |p| {
+                p.max_requests == 50
+            }),
+            (json!({"http": {"maxRequestsPerConnection": 100}}), |p| {
+                p.max_requests_per_connection == Some(100)
+            }),
+            (json!({"http": {"maxRequestsPerConnection": 0}}), |p| {
+                p.max_requests_per_connection.is_none()
+            }),
             (json!({"http": {"maxRetries": 2}}), |p| p.max_retries == 2),
-            (json!({"http": {"maxConcurrentStreams": 8}}), |p| p.max_concurrent_streams == Some(8)),
-            (json!({"http": {"http2KeepAlive": {"interval": "10s", "timeout": "3s"}}}), |p| {
-                p.http2_keepalive == Some(Http2Keepalive { interval: Some(Duration::from_secs(10)), timeout: Some(Duration::from_secs(3)) })
+            (json!({"http": {"maxConcurrentStreams": 8}}), |p| {
+                p.max_concurrent_streams == Some(8)
             }),
+            (
+                json!({"http": {"http2KeepAlive": {"interval": "10s", "timeout": "3s"}}}),
+                |p| {
+                    p.http2_keepalive
+                        == Some(Http2Keepalive {
+                            interval: Some(Duration::from_secs(10)),
+                            timeout: Some(Duration::from_secs(3)),
+                        })
+                },
+            ),
         ];
         for (pool, check) in cases {
             let p = policy(json!({"connectionPool": pool}));
@@ -466,21 +518,37 @@ mod tests {
         ] {
             assert!(all.contains(field), "{field} not named in {all}");
         }
-        assert_eq!(t.policy.lb_policy, "ROUND_ROBIN", "supported fields still apply");
+        assert_eq!(
+            t.policy.lb_policy, "ROUND_ROBIN",
+            "supported fields still apply"
+        );
     }
 
     #[test]
     fn malformed_values_are_errors_naming_the_field() {
         for (pool, field) in [
-            (json!({"http": {"http2MaxRequests": "many"}}), "http.http2MaxRequests"),
-            (json!({"http": {"http2MaxRequests": -1}}), "http.http2MaxRequests"),
-            (json!({"tcp": {"connectTimeout": "soon"}}), "tcp.connectTimeout"),
+            (
+                json!({"http": {"http2MaxRequests": "many"}}),
+                "http.http2MaxRequests",
+            ),
+            (
+                json!({"http": {"http2MaxRequests": -1}}),
+                "http.http2MaxRequests",
+            ),
+            (
+                json!({"tcp": {"connectTimeout": "soon"}}),
+                "tcp.connectTimeout",
+            ),
             (json!({"tcp": 7}), "connectionPool.tcp"),
         ] {
-            let err = translate(&dr(json!({"connectionPool": pool}))).unwrap_err().to_string();
+            let err = translate(&dr(json!({"connectionPool": pool})))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(field), "{err} should name {field}");
         }
-        let err = translate(&json!({"kind": "VirtualService"})).unwrap_err().to_string();
+        let err = translate(&json!({"kind": "VirtualService"}))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("expected DestinationRule"), "{err}");
     }
 
@@ -495,14 +563,31 @@ mod tests {
         assert_eq!(c["lb_policy"], "ROUND_ROBIN");
         assert_eq!(c["connect_timeout"], "10s");
         let t = &c["circuit_breakers"]["thresholds"][0];
-        assert_eq!((t["max_connections"].as_u64(), t["max_pending_requests"].as_u64(), t["max_requests"].as_u64()), (Some(1), Some(1), Some(1)));
+        assert_eq!(
+            (
+                t["max_connections"].as_u64(),
+                t["max_pending_requests"].as_u64(),
+                t["max_requests"].as_u64()
+            ),
+            (Some(1), Some(1), Some(1))
+        );
         assert_eq!(t["max_retries"], 4_294_967_295u64);
         assert_eq!(t["track_remaining"], true);
         let opts = &c["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
-        assert_eq!(opts["common_http_protocol_options"]["max_requests_per_connection"], 1);
-        assert_eq!(opts["common_http_protocol_options"]["idle_timeout"], "3600s");
+        assert_eq!(
+            opts["common_http_protocol_options"]["max_requests_per_connection"],
+            1
+        );
+        assert_eq!(
+            opts["common_http_protocol_options"]["idle_timeout"],
+            "3600s"
+        );
         assert!(opts["explicit_http_config"]["http2_protocol_options"].is_object());
-        assert_eq!(c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"], 15006);
+        assert_eq!(
+            c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+                ["port_value"],
+            15006
+        );
         assert_eq!(envoy_duration(Duration::from_millis(250)), "0.250000000s");
     }
 }

@@ -125,41 +125,13 @@ pub fn client_sidecar(
 }
 
 /// The Envoy filter istiod + istio-agent produce for a WasmPlugin
-/// (`../shared/docs/ISTIO-ENVOY.md` §1), with the module at `wasm_file`.
-pub fn wasm_filter(plugin: &crate::wasm_plugin::WasmPluginSpec, wasm_file: &std::path::Path) -> Value {
-    let resource = format!(
-        "{}.{}~istio-translated-wasmplugin",
-        plugin.namespace, plugin.name
-    );
-    let mut environment = json!({"host_env_keys": plugin.host_env_keys});
-    if !plugin.env_values.is_empty() {
-        let values: serde_json::Map<String, Value> = plugin
-            .env_values
-            .iter()
-            .map(|(k, v)| (k.clone(), json!(v)))
-            .collect();
-        environment["key_values"] = Value::Object(values);
-    }
-    json!({
-        "name": format!("extensions.istio.io/trafficextension/{resource}"),
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {
-                "name": resource,
-                "root_id": plugin.plugin_name,
-                "configuration": {
-                    "@type": "type.googleapis.com/google.protobuf.StringValue",
-                    "value": plugin.plugin_config,
-                },
-                "vm_config": {
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": wasm_file.display().to_string()}},
-                    "environment_variables": environment,
-                },
-                "failure_policy": plugin.failure_policy,
-            },
-        },
-    })
+/// (`../shared/docs/ISTIO-ENVOY.md` §1), with the module at `wasm_file`;
+/// rendered by the harness, the one place that knows that shape.
+pub fn wasm_filter(
+    plugin: &crate::wasm_plugin::WasmPluginSpec,
+    wasm_file: &std::path::Path,
+) -> Value {
+    plugin.envoy_plugin(wasm_file).http_filter()
 }
 
 /// The inbound cluster name istiod gives an app port.

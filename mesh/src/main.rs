@@ -2,8 +2,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use mesh::{
-    manifests,
-    runtime,
+    manifests, runtime,
     scenario::{self, Options, SCENARIOS},
     topology::{Addresses, Artifacts, Layout, Mesh},
 };
@@ -103,7 +102,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     for s in selected {
         outcomes.push(scenario::run(s, &options, &artifacts, &istio_dir, &plugin)?);
     }
-    let failed: Vec<_> = outcomes.iter().filter(|o| !o.passed).map(|o| o.scenario).collect();
+    let failed: Vec<_> = outcomes
+        .iter()
+        .filter(|o| !o.passed)
+        .map(|o| o.scenario)
+        .collect();
     if cli.json {
         println!(
             "{}",
@@ -115,15 +118,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     } else {
         println!("\n== verdict");
         for o in &outcomes {
-            println!("   [{}] {}. {}", if o.passed { "PASS" } else { "FAIL" }, o.number, o.title);
+            println!(
+                "   [{}] {}. {}",
+                if o.passed { "PASS" } else { "FAIL" },
+                o.number,
+                o.title
+            );
         }
         if failed.is_empty() {
-            println!("   every expectation held (logs and rendered Envoy configs: {})", artifacts.run_dir.display());
+            println!(
+                "   every expectation held (logs and rendered Envoy configs: {})",
+                artifacts.run_dir.display()
+            );
         } else {
-            println!("   failed: {} — see the logs printed above", failed.join(", "));
+            println!(
+                "   failed: {} — see the logs printed above",
+                failed.join(", ")
+            );
         }
     }
-    Ok(if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn up(
@@ -147,26 +165,54 @@ fn up(
             manifests::EXPERIMENTS.join(", ")
         ),
     };
-    let addrs = Addresses { subnet: options.subnet, pods: options.pods };
-    let layout = Layout { l4_service: true, sidecars: Some(policy) };
+    let addrs = Addresses {
+        subnet: options.subnet,
+        pods: options.pods,
+    };
+    let layout = Layout {
+        l4_service: true,
+        sidecars: Some(policy),
+    };
     let mesh = Mesh::start(artifacts, addrs, &layout, plugin, "up", options.seed)?;
     println!("local mesh up (DestinationRule: {experiment}); Ctrl-C stops everything\n");
     for (i, pod) in mesh.pod_names.iter().enumerate() {
         println!(
             "pod {pod}: app gRPC {} HTTP {}; sidecar inbound {} admin http://{}",
-            addrs.app_grpc(i), addrs.app_http(i), addrs.sidecar_inbound(i), addrs.sidecar_admin(i)
+            addrs.app_grpc(i),
+            addrs.app_http(i),
+            addrs.sidecar_inbound(i),
+            addrs.sidecar_admin(i)
         );
     }
-    println!("Service (L4, kube-proxy): gRPC {} HTTP {}", addrs.service_grpc(), addrs.service_http());
+    println!(
+        "Service (L4, kube-proxy): gRPC {} HTTP {}",
+        addrs.service_grpc(),
+        addrs.service_http()
+    );
     println!(
         "client sidecar (L7, outbound): {} admin http://{}",
-        addrs.client_sidecar(), addrs.client_sidecar_admin()
+        addrs.client_sidecar(),
+        addrs.client_sidecar_admin()
     );
     println!("\ntry:");
-    println!("  grpcurl -plaintext -v {} api.protobuf.pod/getInfo", addrs.client_sidecar());
-    println!("  {} --host {} --count 6", artifacts.bin("client-grpc").display(), addrs.client_sidecar());
-    println!("  {} --host {} --count 6", artifacts.bin("client-grpc").display(), addrs.service_grpc());
-    println!("  curl -s http://{}/stats | grep upstream_tagger", addrs.sidecar_admin(0));
+    println!(
+        "  grpcurl -plaintext -v {} api.protobuf.pod/getInfo",
+        addrs.client_sidecar()
+    );
+    println!(
+        "  {} --host {} --count 6",
+        artifacts.bin("client-grpc").display(),
+        addrs.client_sidecar()
+    );
+    println!(
+        "  {} --host {} --count 6",
+        artifacts.bin("client-grpc").display(),
+        addrs.service_grpc()
+    );
+    println!(
+        "  curl -s http://{}/stats | grep upstream_tagger",
+        addrs.sidecar_admin(0)
+    );
     println!("logs and configs: {}", mesh.dir.display());
     loop {
         std::thread::park();

@@ -28,8 +28,8 @@ pub fn istio_dir(explicit: Option<&Path>) -> PathBuf {
 
 /// Every YAML document in a file, as JSON values.
 pub fn load_yaml(path: &Path) -> anyhow::Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut docs = Vec::new();
     for doc in serde_yaml_ng::Deserializer::from_str(&text) {
         let value = Value::deserialize(doc)
@@ -57,14 +57,19 @@ fn one_of_kind(path: &Path, kind: &str) -> anyhow::Result<Value> {
 
 pub fn wasm_plugin(dir: &Path) -> anyhow::Result<wasm_plugin::WasmPluginSpec> {
     let path = dir.join("wasmplugin.yaml");
-    Ok(wasm_plugin::parse(&one_of_kind(&path, "WasmPlugin")?)
-        .with_context(|| path.display().to_string())?)
+    wasm_plugin::parse(&one_of_kind(&path, "WasmPlugin")?)
+        .with_context(|| path.display().to_string())
 }
 
-pub fn destination_rule(dir: &Path, experiment: &str) -> anyhow::Result<destination_rule::Translation> {
-    let path = dir.join("destinationrules").join(format!("{experiment}.yaml"));
-    Ok(destination_rule::translate(&one_of_kind(&path, "DestinationRule")?)
-        .with_context(|| path.display().to_string())?)
+pub fn destination_rule(
+    dir: &Path,
+    experiment: &str,
+) -> anyhow::Result<destination_rule::Translation> {
+    let path = dir
+        .join("destinationrules")
+        .join(format!("{experiment}.yaml"));
+    destination_rule::translate(&one_of_kind(&path, "DestinationRule")?)
+        .with_context(|| path.display().to_string())
 }
 
 #[cfg(test)]
@@ -83,9 +88,24 @@ mod tests {
             let t = destination_rule(&dir, experiment).unwrap();
             assert!(t.warnings.is_empty(), "{experiment}: {:?}", t.warnings);
         }
-        assert_eq!(destination_rule(&dir, "one-per-conn").unwrap().policy.max_requests_per_connection, Some(1));
-        assert_eq!(destination_rule(&dir, "reuse").unwrap().policy.max_requests_per_connection, Some(100));
-        assert_eq!(destination_rule(&dir, "tight").unwrap().policy.max_requests, 1);
+        assert_eq!(
+            destination_rule(&dir, "one-per-conn")
+                .unwrap()
+                .policy
+                .max_requests_per_connection,
+            Some(1)
+        );
+        assert_eq!(
+            destination_rule(&dir, "reuse")
+                .unwrap()
+                .policy
+                .max_requests_per_connection,
+            Some(100)
+        );
+        assert_eq!(
+            destination_rule(&dir, "tight").unwrap().policy.max_requests,
+            1
+        );
     }
 
     #[test]

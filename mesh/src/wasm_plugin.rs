@@ -3,6 +3,8 @@
 
 use serde_json::Value;
 
+use harness::render::{FailurePolicy, WasmPlugin};
+
 /// What the sidecar's wasm filter is built from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WasmPluginSpec {
@@ -12,8 +14,8 @@ pub struct WasmPluginSpec {
     pub plugin_name: String,
     /// `pluginConfig` as compact JSON; "" when unset (the filter gets 0 bytes).
     pub plugin_config: String,
-    /// Envoy `failure_policy`.
-    pub failure_policy: &'static str,
+    /// `failStrategy`, as Envoy's `failure_policy`.
+    pub failure_policy: FailurePolicy,
     /// `vmConfig.env` with `valueFrom: HOST`.
     pub host_env_keys: Vec<String>,
     /// `vmConfig.env` with inline values.
@@ -21,6 +23,24 @@ pub struct WasmPluginSpec {
     /// `match[].mode` values.
     pub modes: Vec<String>,
     pub warnings: Vec<String>,
+}
+
+impl WasmPluginSpec {
+    /// The plugin as the sidecar holds it, with the module at `wasm_file`
+    /// (where istio-agent would have downloaded it).
+    pub fn envoy_plugin(&self, wasm_file: &std::path::Path) -> WasmPlugin {
+        WasmPlugin {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            plugin_name: self.plugin_name.clone(),
+            // An unset pluginConfig reaches the filter as 0 bytes.
+            config: (!self.plugin_config.is_empty()).then(|| self.plugin_config.clone()),
+            wasm_path: wasm_file.to_owned(),
+            failure_policy: self.failure_policy,
+            host_env_keys: self.host_env_keys.clone(),
+            env_values: self.env_values.clone(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,9 +74,9 @@ pub fn parse(resource: &Value) -> Result<WasmPluginSpec, WasmPluginError> {
         .to_owned();
     let mut warnings = Vec::new();
     let failure_policy = match spec.get("failStrategy").and_then(Value::as_str) {
-        None | Some("FAIL_CLOSE") => "FAIL_CLOSED",
-        Some("FAIL_OPEN") => "FAIL_OPEN",
-        Some("FAIL_RELOAD") => "FAIL_RELOAD",
+        None | Some("FAIL_CLOSE") => FailurePolicy::FailClosed,
+        Some("FAIL_OPEN") => FailurePolicy::FailOpen,
+        Some("FAIL_RELOAD") => FailurePolicy::FailReload,
         Some(other) => return Err(fail(format!("spec.failStrategy: unknown value {other:?}"))),
     };
     let plugin_config = match spec.get("pluginConfig") {
@@ -65,7 +85,10 @@ pub fn parse(resource: &Value) -> Result<WasmPluginSpec, WasmPluginError> {
     };
     let mut host_env_keys = Vec::new();
     let mut env_values = Vec::new();
-    if let Some(env) = resource.pointer("/spec/vmConfig/env").and_then(Value::as_array) {
+    if let Some(env) = resource
+        .pointer("/spec/vmConfig/env")
+        .and_then(Value::as_array)
+    {
         for var in env {
             let key = var
                 .get("name")
@@ -154,8 +177,11 @@ mod tests {
         .unwrap();
         assert_eq!(p.namespace, "default");
         assert_eq!(p.plugin_name, "upstream-tagger");
-        assert_eq!(p.failure_policy, "FAIL_OPEN");
-        assert_eq!(p.plugin_config, r#"{"pod_header":"x-upstream-pod","tag_all_http":false}"#);
+        assert_eq!(p.failure_policy, FailurePolicy::FailOpen);
+        assert_eq!(
+            p.plugin_config,
+            r#"{"pod_header":"x-upstream-pod","tag_all_http":false}"#
+        );
         assert_eq!(p.host_env_keys, ["POD_NAME"]);
         assert_eq!(p.env_values, [("A".to_owned(), "b".to_owned())]);
         assert_eq!(p.modes, ["SERVER"]);
@@ -165,9 +191,13 @@ mod tests {
 
     #[test]
     fn defaults_and_errors() {
-        let p = parse(&json!({"kind": "WasmPlugin", "metadata": {"name": "x"}, "spec": {}})).unwrap();
-        assert_eq!(p.failure_policy, "FAIL_CLOSED");
-        assert_eq!(p.plugin_config, "", "unset pluginConfig reaches the filter as 0 bytes");
+        let p =
+            parse(&json!({"kind": "WasmPlugin", "metadata": {"name": "x"}, "spec": {}})).unwrap();
+        assert_eq!(p.failure_policy, FailurePolicy::FailClosed);
+        assert_eq!(
+            p.plugin_config, "",
+            "unset pluginConfig reaches the filter as 0 bytes"
+        );
         let err = parse(&json!({"kind": "WasmPlugin", "metadata": {"name": "x"}, "spec": {"failStrategy": "MAYBE"}}))
             .unwrap_err()
             .to_string();

@@ -11,7 +11,8 @@ use mesh::{
 fn run(name: &str, subnet: u8) {
     let istio_dir = manifests::istio_dir(None);
     let plugin = scenario::preflight(&istio_dir).expect("our manifests load");
-    let artifacts = Artifacts::locate(None, None).expect("artifacts (make envoy wasm; cargo build --bins)");
+    let artifacts =
+        Artifacts::locate(None, None).expect("artifacts (make envoy wasm; cargo build --bins)");
     let options = Options {
         calls: 9,
         pods: 3,
@@ -21,7 +22,8 @@ fn run(name: &str, subnet: u8) {
         seed: 7,
     };
     let s = scenario::find(name).expect("known scenario");
-    let outcome = scenario::run(s, &options, &artifacts, &istio_dir, &plugin).expect("scenario runs");
+    let outcome =
+        scenario::run(s, &options, &artifacts, &istio_dir, &plugin).expect("scenario runs");
     assert!(
         outcome.passed,
         "{name}: {:?}\nsummary: {:?}\nlogs: {}",

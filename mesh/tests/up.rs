@@ -30,7 +30,10 @@ fn up_serves_until_ctrl_c_then_nothing_is_left_listening() {
     }
     let banner = banner.join("\n");
     assert!(banner.contains("local mesh up"), "{banner}");
-    assert!(banner.contains("grpcurl -plaintext -v 127.130.3.1:30051"), "{banner}");
+    assert!(
+        banner.contains("grpcurl -plaintext -v 127.130.3.1:30051"),
+        "{banner}"
+    );
 
     // The client sidecar really answers: one call through the whole mesh.
     let client = std::path::Path::new(env!("CARGO_BIN_EXE_mesh")).with_file_name("client-grpc");
@@ -39,13 +42,19 @@ fn up_serves_until_ctrl_c_then_nothing_is_left_listening() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("#1: server-") && stdout.contains("x-upstream-pod=server-"), "{stdout}");
+    assert!(
+        stdout.contains("#1: server-") && stdout.contains("x-upstream-pod=server-"),
+        "{stdout}"
+    );
 
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let start = Instant::now();
     while child.try_wait().unwrap().is_none() {
-        assert!(start.elapsed() < Duration::from_secs(10), "mesh up ignored SIGINT");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "mesh up ignored SIGINT"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let addrs = Addresses { subnet, pods: 2 };
@@ -60,7 +69,10 @@ fn up_serves_until_ctrl_c_then_nothing_is_left_listening() {
         addrs.client_sidecar_admin(),
     ] {
         while TcpListener::bind(addr).is_err() {
-            assert!(Instant::now() < deadline, "{addr} still in use after Ctrl-C");
+            assert!(
+                Instant::now() < deadline,
+                "{addr} still in use after Ctrl-C"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
