@@ -1,0 +1,23 @@
+//! `make bench`: what upstream-tagger costs inside real Envoy, next to the
+//! alternatives a platform team would weigh (no filter, Envoy's native
+//! header_mutation, an empty proxy-wasm filter, an equivalent Lua filter),
+//! plus the echo server against tonic's hello-world and a connection-churn
+//! run for the filter's per-connection state.
+//!
+//! Everything runs for real on 127.0.0.1: Envoy from `.venv`, h2load as the
+//! load generator, each pinned to its own core when the machine has two.
+
+pub mod configs;
+pub mod envoy;
+pub mod grpc;
+pub mod h2c;
+pub mod h2load;
+pub mod procfs;
+pub mod report;
+pub mod run;
+
+/// tonic's hello-world service (`proto/helloworld.proto`), for the stock
+/// server the echo server is compared with.
+pub mod hello {
+    tonic::include_proto!("helloworld");
+}

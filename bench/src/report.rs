@@ -1,0 +1,334 @@
+//! The report: data (JSON) and its Markdown rendering, goals of issue 6
+//! judged against what was measured.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub settings: Settings,
+    /// Envoy configurations, `Variant::ALL` order.
+    pub proxy: Vec<ProxyRow>,
+    /// tonic hello-world, then the echo server.
+    pub servers: Vec<ServerRow>,
+    /// Without the filter, then with it.
+    pub churn: Vec<ChurnRow>,
+    pub goals: Vec<Goal>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Machine {
+    pub cpu_model: String,
+    pub cpus: usize,
+    pub kernel: String,
+    pub envoy_version: String,
+    pub h2load_version: String,
+    /// Core the servers (Envoy, echo, hello) were pinned to.
+    pub server_cpu: Option<usize>,
+    /// Core h2load and the churn client were pinned to.
+    pub load_cpu: Option<usize>,
+    pub load_average_start: Option<f64>,
+    pub load_average_end: Option<f64>,
+    /// Wall-clock length of the run.
+    pub run_secs: f64,
+    /// CPU time processes other than the benchmark's used meanwhile (other
+    /// work on the machine), and time the hypervisor stole.
+    pub other_cpu_secs: f64,
+    pub steal_secs: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Settings {
+    pub quick: bool,
+    pub rounds: usize,
+    pub warmup_ms: u64,
+    pub duration_ms: u64,
+    pub latency_duration_ms: u64,
+    pub clients: u32,
+    pub streams: u32,
+    pub churn_connections: u64,
+    pub churn_parallel: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProxyRow {
+    pub key: String,
+    pub label: String,
+    /// Per round, in the order measured.
+    pub req_per_sec: Vec<f64>,
+    pub req_per_sec_median: f64,
+    /// Median over rounds of (this / no filter, same round).
+    pub ratio_vs_no_filter: f64,
+    pub cpu_us_per_request: Vec<f64>,
+    pub cpu_us_per_request_median: f64,
+    /// Median CPU µs/request minus the no-filter median.
+    pub added_cpu_us: f64,
+    pub p50_us: Vec<u64>,
+    pub p99_us: Vec<u64>,
+    pub p50_us_median: f64,
+    pub p99_us_median: f64,
+    pub added_p50_us: f64,
+    pub added_p99_us: f64,
+    pub rss_bytes: u64,
+    pub module_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServerRow {
+    pub key: String,
+    pub label: String,
+    pub req_per_sec: Vec<f64>,
+    pub req_per_sec_median: f64,
+    /// Median over rounds of (this / tonic hello-world, same round).
+    pub ratio_vs_hello: f64,
+    pub cpu_us_per_request_median: f64,
+    pub rss_bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChurnRow {
+    pub key: String,
+    pub label: String,
+    pub connections: u64,
+    /// Answers that carried `x-upstream-pod`.
+    pub tagged: u64,
+    pub rss_before_bytes: u64,
+    pub rss_after_bytes: u64,
+    pub rss_growth_bytes: i64,
+    /// Highest `connections_tracked` gauge value seen (filter only).
+    pub tracked_max: Option<i64>,
+    pub cap: Option<u32>,
+    pub evicted: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    Met,
+    NotMet,
+    /// The run was too short to judge (e.g. `--quick` churn below the cap).
+    NotJudged,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Goal {
+    pub goal: String,
+    pub target: String,
+    pub measured: String,
+    pub verdict: Verdict,
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    }
+}
+
+/// Median of per-round ratios a[i] / b[i].
+pub fn median_ratio(a: &[f64], b: &[f64]) -> f64 {
+    let ratios: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .filter(|(_, b)| **b > 0.0)
+        .map(|(a, b)| a / b)
+        .collect();
+    median(&ratios)
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / MIB)
+}
+
+fn signed_mib(bytes: i64) -> String {
+    format!("{:+.2}", bytes as f64 / MIB)
+}
+
+/// 84531.2 → "84,531".
+pub fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl Verdict {
+    fn mark(self) -> &'static str {
+        match self {
+            Verdict::Met => "met",
+            Verdict::NotMet => "**not met**",
+            Verdict::NotJudged => "not judged",
+        }
+    }
+}
+
+pub fn verdict(ok: bool) -> Verdict {
+    if ok { Verdict::Met } else { Verdict::NotMet }
+}
+
+impl Report {
+    pub fn proxy_row(&self, key: &str) -> Option<&ProxyRow> {
+        self.proxy.iter().find(|r| r.key == key)
+    }
+
+    pub fn markdown(&self) -> String {
+        let m = &self.machine;
+        let s = &self.settings;
+        let mut out = String::new();
+        let pinning = match (m.server_cpu, m.load_cpu) {
+            (Some(a), Some(b)) => {
+                format!("servers pinned to CPU {a}, h2load and the churn client to CPU {b}")
+            }
+            _ => "no pinning (fewer than 2 CPUs)".to_owned(),
+        };
+        let load = |v: Option<f64>| v.map_or("?".to_owned(), |v| format!("{v:.2}"));
+        out.push_str(&format!(
+            "Machine: {} × {}, Linux {}; {}; {}; {pinning}. Run: {:.0} s; other work on the machine \
+             meanwhile: ≈ {:.1} CPU-s ({:.0}% of one core), hypervisor steal {:.1} s; \
+             1-min load average {} at start, {} at end.{}\n\n",
+            m.cpus,
+            m.cpu_model,
+            m.kernel,
+            m.envoy_version,
+            m.h2load_version,
+            m.run_secs,
+            m.other_cpu_secs,
+            if m.run_secs > 0.0 { 100.0 * m.other_cpu_secs / m.run_secs } else { 0.0 },
+            m.steal_secs,
+            load(m.load_average_start),
+            load(m.load_average_end),
+            if s.quick { " **--quick run: too short to judge anything.**" } else { "" },
+        ));
+
+        out.push_str(&format!(
+            "### Envoy, one worker (`--concurrency 1`), `direct_response`, gRPC-shaped POSTs\n\n\
+             {} rounds alternating the configurations; per round and configuration: {} ms warm-up, \
+             {} ms under load (`h2load -c {} -m {}`), {} ms unloaded (`-c 1 -m 1`). Medians over rounds; \
+             ratios are per-round ratios to no filter (same round), then the median.\n\n",
+            s.rounds, s.warmup_ms, s.duration_ms, s.clients, s.streams, s.latency_duration_ms
+        ));
+        out.push_str("| configuration | req/s | × no filter | Envoy CPU µs/req | added µs/req | p50 µs | p99 µs | added p50 / p99 µs | Envoy RSS MiB | module |\n");
+        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        for (i, r) in self.proxy.iter().enumerate() {
+            let base = i == 0;
+            out.push_str(&format!(
+                "| {} | {} | {:.2} | {:.1} | {} | {:.0} | {:.0} | {} | {} | {} |\n",
+                r.label,
+                thousands(r.req_per_sec_median),
+                r.ratio_vs_no_filter,
+                r.cpu_us_per_request_median,
+                if base {
+                    "—".to_owned()
+                } else {
+                    format!("{:+.1}", r.added_cpu_us)
+                },
+                r.p50_us_median,
+                r.p99_us_median,
+                if base {
+                    "—".to_owned()
+                } else {
+                    format!("{:+.0} / {:+.0}", r.added_p50_us, r.added_p99_us)
+                },
+                mib(r.rss_bytes),
+                r.module_bytes.map_or("—".to_owned(), |b| format!(
+                    "{} B ({:.1} KiB)",
+                    thousands(b as f64),
+                    b as f64 / 1024.0
+                )),
+            ));
+        }
+
+        out.push_str(&format!(
+            "\n### Echo server vs stock tonic hello-world (one core each, `h2load -c {} -m {}`, {} rounds)\n\n",
+            s.clients, s.streams, s.rounds
+        ));
+        out.push_str("| server | req/s | × hello-world | server CPU µs/req | RSS MiB |\n|---|---:|---:|---:|---:|\n");
+        for r in &self.servers {
+            out.push_str(&format!(
+                "| {} | {} | {:.2} | {:.1} | {} |\n",
+                r.label,
+                thousands(r.req_per_sec_median),
+                r.ratio_vs_hello,
+                r.cpu_us_per_request_median,
+                mib(r.rss_bytes)
+            ));
+        }
+
+        out.push_str(&format!(
+            "\n### Connection churn: {} fresh h2c connections, one gRPC request each, {} at a time\n\n",
+            thousands(s.churn_connections as f64),
+            s.churn_parallel
+        ));
+        out.push_str("| configuration | connections | tagged | Envoy RSS before MiB | after MiB | growth MiB | tracked (max seen) | cap | evicted |\n");
+        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        let opt = |v: Option<i64>| v.map_or("—".to_owned(), |v| thousands(v as f64));
+        for r in &self.churn {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                r.label,
+                thousands(r.connections as f64),
+                thousands(r.tagged as f64),
+                mib(r.rss_before_bytes),
+                mib(r.rss_after_bytes),
+                signed_mib(r.rss_growth_bytes),
+                opt(r.tracked_max),
+                r.cap.map_or("—".to_owned(), |c| thousands(c as f64)),
+                opt(r.evicted),
+            ));
+        }
+
+        out.push_str(
+            "\n### Goals (issue 6)\n\n| goal | target | measured | verdict |\n|---|---|---|---|\n",
+        );
+        for g in &self.goals {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} |\n",
+                g.goal,
+                g.target,
+                g.measured,
+                g.verdict.mark()
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_ratios() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+        assert_eq!(
+            median_ratio(&[50.0, 80.0, 90.0], &[100.0, 100.0, 100.0]),
+            0.8
+        );
+        assert_eq!(median_ratio(&[1.0], &[0.0]), 0.0);
+    }
+
+    #[test]
+    fn numbers_are_grouped() {
+        assert_eq!(thousands(84531.2), "84,531");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(1000.0), "1,000");
+        assert_eq!(thousands(100000.0), "100,000");
+        assert_eq!(signed_mib(-1024 * 1024), "-1.00");
+    }
+}
