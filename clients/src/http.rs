@@ -195,8 +195,14 @@ impl HttpCaller {
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        // `-H` wins over the defaults above (one Host, never two: proxies
+        // answer a duplicate Host with 400); repeated `-H` names all go out.
+        let headers = request.headers_mut();
+        for name in config.headers.keys() {
+            headers.remove(name);
+        }
         for (name, value) in &config.headers {
-            request.headers_mut().append(name, value.clone());
+            headers.append(name, value.clone());
         }
         request
     }
@@ -384,6 +390,32 @@ mod tests {
             answer(&HeaderMap::new(), b"").outcome,
             Ok("(empty body)".into())
         );
+    }
+
+    #[test]
+    fn extra_headers_replace_defaults_and_repeat_their_own() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::HOST, HeaderValue::from_static("api.example"));
+        headers.append("x-a", HeaderValue::from_static("1"));
+        headers.append("x-a", HeaderValue::from_static("2"));
+        let caller = HttpCaller {
+            config: Arc::new(Config {
+                target: Target::parse("http://server:80/pod").unwrap(),
+                keepalive: false,
+                concurrency: 1,
+                timeout: Duration::from_secs(1),
+                headers,
+            }),
+            conn: None,
+        };
+        let request = caller.request();
+        let sent = request.headers();
+        let hosts: Vec<_> = sent.get_all(header::HOST).iter().collect();
+        assert_eq!(hosts, ["api.example"]);
+        let xa: Vec<_> = sent.get_all("x-a").iter().collect();
+        assert_eq!(xa, ["1", "2"]);
+        assert_eq!(sent[header::CONNECTION], "close");
+        assert!(sent.contains_key(header::USER_AGENT));
     }
 
     #[test]

@@ -1,7 +1,25 @@
 //! The `x-echo-response-header: name=value` feature, shared by gRPC and HTTP.
 
+/// Headers the transport owns: echoing one would desynchronize HTTP/1.1
+/// framing (hyper asserts on a wrong `content-length`), break HTTP/2 (which
+/// forbids connection-specific headers) or forge gRPC status. Refused.
+const RESERVED: [&str; 11] = [
+    "connection",
+    "content-length",
+    "content-type",
+    "host",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "date",
+];
+
 /// Split one `name=value` header value; the name must be a valid lowercase
-/// header name. Errors are user-facing messages.
+/// header name the transport does not own (not `grpc-*` nor [`RESERVED`]).
+/// Errors are user-facing messages.
 pub fn parse_echo_header(raw: &[u8]) -> Result<(&str, &str), String> {
     let text = std::str::from_utf8(raw)
         .map_err(|_| format!("{} value is not UTF-8", proto::ECHO_RESPONSE_HEADER))?;
@@ -22,6 +40,12 @@ pub fn parse_echo_header(raw: &[u8]) -> Result<(&str, &str), String> {
             proto::ECHO_RESPONSE_HEADER
         ));
     }
+    if RESERVED.contains(&name) || name.starts_with("grpc-") {
+        return Err(format!(
+            "{} names {name:?}: a header the transport owns cannot be echoed",
+            proto::ECHO_RESPONSE_HEADER
+        ));
+    }
     Ok((name, value.trim()))
 }
 
@@ -34,7 +58,18 @@ mod tests {
         assert_eq!(parse_echo_header(b"x-a=b"), Ok(("x-a", "b")));
         assert_eq!(parse_echo_header(b" x-a = b c "), Ok(("x-a", "b c")));
         assert_eq!(parse_echo_header(b"x-a="), Ok(("x-a", "")));
-        for bad in [&b"x-a"[..], b"=b", b"X-A=b", b"x a=b", b"\xff=b"] {
+        let reserved = [
+            &b"content-length=1"[..],
+            b"transfer-encoding=chunked",
+            b"connection=close",
+            b"te=trailers",
+            b"grpc-status=0",
+            b"content-type=text/plain",
+        ];
+        for bad in [&b"x-a"[..], b"=b", b"X-A=b", b"x a=b", b"\xff=b"]
+            .into_iter()
+            .chain(reserved)
+        {
             assert!(parse_echo_header(bad).is_err(), "{bad:?} accepted");
         }
     }

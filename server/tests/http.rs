@@ -121,6 +121,38 @@ async fn real_server_counts_requests_per_connection_and_echoes() {
     }
     assert_eq!(counts, ["1", "2", "3"]);
 
+    // Echoing a framing header would desynchronize the connection (and trip
+    // hyper's length assertion): refused with 400, and the same keep-alive
+    // connection still answers correctly afterwards.
+    let refused = conn
+        .send_request(
+            Request::get("/pod")
+                .header("host", "x")
+                .header(proto::ECHO_RESPONSE_HEADER, "content-length=1")
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let message = refused.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&message).contains("transport owns"),
+        "{message:?}"
+    );
+    let after = conn
+        .send_request(
+            Request::get("/pod")
+                .header("host", "x")
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(after.status(), StatusCode::OK);
+    let body = after.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"server-abc");
+
     // `/` on a fresh connection: JSON with the peer, count 1 and our headers,
     // non-UTF-8 values echoed lossily.
     let mut fresh = http1(addr).await;
