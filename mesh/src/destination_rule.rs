@@ -270,9 +270,18 @@ fn translate_traffic_policy(
             http_idle = http.duration("idleTimeout")?;
             policy.max_concurrent_streams = http.u32("maxConcurrentStreams")?;
             if let Some(mut ka) = http.object("http2KeepAlive")? {
+                let interval = ka.duration("interval")?;
+                // Envoy's KeepaliveSettings.timeout is required: refuse here,
+                // by name, rather than render a cluster Envoy rejects.
+                let timeout = ka.duration("timeout")?.ok_or_else(|| {
+                    (
+                        ka.field("timeout"),
+                        "required (Envoy's connection_keepalive needs a PING timeout)".to_owned(),
+                    )
+                })?;
                 policy.http2_keepalive = Some(Http2Keepalive {
-                    interval: ka.duration("interval")?,
-                    timeout: ka.duration("timeout")?,
+                    interval,
+                    timeout: Some(timeout),
                 });
                 ka.finish(warnings);
             }

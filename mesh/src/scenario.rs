@@ -374,17 +374,24 @@ pub fn check(
             expect(reached == pods, format!("reached {reached} of {pods} pods"));
             expect(s.errors == 0, format!("{} errors", s.errors));
             if id == Id::ClientRoundRobin {
-                let peers: std::collections::BTreeSet<_> =
-                    calls.iter().filter_map(|c| c.pod.as_ref()).collect();
-                expect(peers.len() == pods, "not one connection per pod".into());
-                let max_index = calls
-                    .iter()
-                    .filter_map(|c| c.conn_requests)
-                    .max()
-                    .unwrap_or(0);
+                // Connections as the servers counted them (conn-requests=1
+                // opens one): exactly one per pod, each reused.
                 expect(
-                    max_index > 1 || s.ok <= pods as u64,
+                    s.connections == pods,
+                    format!(
+                        "{} connections for {pods} pods, expected one each",
+                        s.connections
+                    ),
+                );
+                expect(
+                    s.max_requests_per_connection > 1 || s.ok <= pods as u64,
                     "connections were not reused".into(),
+                );
+            } else {
+                // No keep-alive: every answer is the first on its connection.
+                expect(
+                    s.connections as u64 == s.ok,
+                    format!("{} fresh connections for {} answers", s.connections, s.ok),
                 );
             }
         }
@@ -547,4 +554,67 @@ pub fn preflight(istio_dir: &Path) -> anyhow::Result<WasmPluginSpec> {
         );
     }
     Ok(plugin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Id, check};
+    use crate::report::{Summary, parse_line};
+
+    fn problems(id: Id, lines: &[&str], pods: usize) -> Vec<String> {
+        let calls: Vec<_> = lines.iter().filter_map(|l| parse_line(l)).collect();
+        check(id, &Summary::of(&calls), &calls, pods, None)
+    }
+
+    #[test]
+    fn client_round_robin_needs_exactly_one_reused_connection_per_pod() {
+        let one_each = [
+            "#1: a conn-requests=1",
+            "#2: b conn-requests=1",
+            "#3: a conn-requests=2",
+            "#4: b conn-requests=2",
+        ];
+        assert_eq!(
+            problems(Id::ClientRoundRobin, &one_each, 2),
+            Vec::<String>::new()
+        );
+        // Both pods reached, but `a` on two connections.
+        let two_for_a = [
+            "#1: a conn-requests=1",
+            "#2: b conn-requests=1",
+            "#3: a conn-requests=1",
+            "#4: b conn-requests=2",
+        ];
+        let found = problems(Id::ClientRoundRobin, &two_for_a, 2);
+        assert!(
+            found.iter().any(|p| p.contains("3 connections for 2 pods")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn http_without_keepalive_needs_a_fresh_connection_per_call() {
+        let fresh = ["#1: a conn-requests=1", "#2: b conn-requests=1"];
+        assert_eq!(problems(Id::HttpL4, &fresh, 2), Vec::<String>::new());
+        let reused = [
+            "#1: a conn-requests=1",
+            "#2: b conn-requests=1",
+            "#3: a conn-requests=2",
+        ];
+        let found = problems(Id::HttpL4, &reused, 2);
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("2 fresh connections for 3 answers")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn grpc_through_l4_must_stay_on_one_pod() {
+        let pinned = ["#1: a conn-requests=1", "#2: a conn-requests=2"];
+        assert_eq!(problems(Id::GrpcL4, &pinned, 3), Vec::<String>::new());
+        let spread = ["#1: a conn-requests=1", "#2: b conn-requests=1"];
+        assert!(!problems(Id::GrpcL4, &spread, 3).is_empty());
+    }
 }
