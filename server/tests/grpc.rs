@@ -11,6 +11,7 @@ use tonic_health::pb::{
 
 struct Running {
     grpc: String,
+    http: std::net::SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -18,12 +19,14 @@ struct Running {
 async fn start(config: server::Config) -> Running {
     let server = server::Server::bind(config).await.expect("bind");
     let grpc = format!("http://{}", server.grpc_addr());
+    let http = server.http_addr();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(server.serve(async {
         let _ = stopped.await;
     }));
     Running {
         grpc,
+        http,
         stop: Some(stop),
         task,
     }
@@ -111,7 +114,7 @@ async fn health_reports_serving_then_not_serving_while_draining() {
 
     // A call in flight across the whole drain must still complete.
     let mut pod = PodClient::new(channel.clone());
-    let in_flight = tokio::spawn(async move { pod.get_info(InfoRequest { delay_ms: 1200 }).await });
+    let in_flight = tokio::spawn(async move { pod.get_info(InfoRequest { delay_ms: 2500 }).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     server.stop.take().unwrap().send(()).unwrap();
 
@@ -132,6 +135,32 @@ async fn health_reports_serving_then_not_serving_while_draining() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // The HTTP side says so too, for kubelet's HTTP probes.
+    let healthz = http_get(server.http, "/healthz").await;
+    assert!(healthz.starts_with("HTTP/1.1 503"), "{healthz}");
+
+    // After the grace the listener closes while the call is still running:
+    // new connections are refused during the drain, not only after it.
+    let grpc_addr = server.grpc.trim_start_matches("http://").to_owned();
+    loop {
+        if tokio::net::TcpStream::connect(&grpc_addr).await.is_err() {
+            break;
+        }
+        assert!(
+            !in_flight.is_finished(),
+            "the listener was still open when the in-flight call finished"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "listener never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !in_flight.is_finished(),
+        "the drain did not wait for the call"
+    );
+
     let answer = in_flight.await.unwrap().expect("in-flight call completes");
     assert_eq!(answer.into_inner().name, "p");
     tokio::time::timeout(Duration::from_secs(5), server.task)
@@ -144,6 +173,19 @@ async fn health_reports_serving_then_not_serving_while_draining() {
         refused.is_err(),
         "new connections are refused after shutdown"
     );
+}
+
+/// One HTTP/1.1 GET on a fresh connection; the raw response text.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("http connect");
+    let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
 }
 
 #[tokio::test]
@@ -190,6 +232,34 @@ async fn reflection_lists_the_services() {
             "{expected} missing from {names:?}"
         );
     }
+}
+
+/// Older grpcurl and tools speak reflection v1alpha only.
+#[tokio::test]
+async fn reflection_v1alpha_lists_the_services_too() {
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let server = start(server::Config::local("p")).await;
+    let mut client = ServerReflectionClient::new(server.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().expect("one response");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer: {response:?}");
+    };
+    assert!(
+        list.service.iter().any(|s| s.name == proto::SERVICE_NAME),
+        "{list:?}"
+    );
 }
 
 #[tokio::test]
