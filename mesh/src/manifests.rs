@@ -33,7 +33,13 @@ pub fn load_yaml(path: &Path) -> anyhow::Result<Vec<Value>> {
     let mut docs = Vec::new();
     for doc in serde_yaml_ng::Deserializer::from_str(&text) {
         let value = Value::deserialize(doc)
-            .with_context(|| format!("{} is not valid YAML", path.display()))?;
+            .with_context(|| {
+                format!(
+                    "{} is not valid YAML (fix the line named below; `kubectl apply --dry-run=client -f {0}` \
+                     shows the same, or point --istio-dir at a good copy)",
+                    path.display()
+                )
+            })?;
         if !value.is_null() {
             docs.push(value);
         }

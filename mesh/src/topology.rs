@@ -345,7 +345,11 @@ impl Mesh {
             let proc = &mut self.procs[index];
             if let Some(status) = proc.exited() {
                 bail!(
-                    "{} rejected its config or failed to start ({status}); config and log in {}:\n{}",
+                    "{} rejected its config or failed to start ({status}); config and log in {}:\n{}\n\
+                     fix: the config is rendered from the manifests in istio/ - correct the \
+                     DestinationRule or WasmPlugin field Envoy names above (an \
+                     `invalid pluginConfig` line means the WasmPlugin's pluginConfig); \
+                     `envoy --mode validate -c <file>.envoy.json` from that folder reproduces it",
                     proc.name,
                     self.dir.display(),
                     proc.log_tail(12)

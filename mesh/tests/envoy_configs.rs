@@ -242,3 +242,35 @@ fn every_connection_pool_field_renders_to_its_cluster_field_and_envoy_accepts_it
         .to_string();
     assert!(err.contains("http2KeepAlive.timeout"), "{err}");
 }
+
+/// A pluginConfig the filter refuses stops the server sidecar at start-up:
+/// the mesh says which Envoy, shows the filter's own error line, and the fix.
+#[test]
+fn a_refused_plugin_config_is_a_clear_error_with_the_fix() {
+    let artifacts = Artifacts::locate(None, None).expect("make envoy wasm");
+    let mut plugin = manifests::wasm_plugin(&manifests::istio_dir(None)).unwrap();
+    plugin.plugin_config = r#"{"max_tracked_connections":0}"#.into();
+    let addrs = Addresses {
+        subnet: 121,
+        pods: 1,
+    };
+    let layout = Layout {
+        l4_service: false,
+        sidecars: Some(ClusterPolicy::default()),
+    };
+    let err = Mesh::start(&artifacts, addrs, &layout, &plugin, "refused", 1)
+        .err()
+        .expect("start fails")
+        .to_string();
+    for expected in [
+        "rejected its config",
+        "invalid pluginConfig",
+        "max_tracked_connections",
+        "fix: ",
+        "WasmPlugin",
+    ] {
+        assert!(err.contains(expected), "{expected:?} missing from:\n{err}");
+    }
+    // Nothing of that mesh is left listening.
+    std::net::TcpListener::bind(addrs.app_grpc(0)).expect("app port free again");
+}
