@@ -13,6 +13,8 @@ pub struct Call {
     pub pod: Option<String>,
     /// `error: <CODE>` lines.
     pub error_code: Option<String>,
+    /// What follows the code on an error line.
+    pub error_message: Option<String>,
     /// The server's own per-connection count (`conn-requests=`).
     pub conn_requests: Option<u64>,
     pub upstream_pod: Option<String>,
@@ -30,6 +32,7 @@ pub fn parse_line(line: &str) -> Option<Call> {
         n,
         pod: None,
         error_code: None,
+        error_message: None,
         conn_requests: None,
         upstream_pod: None,
         upstream_connection_id: None,
@@ -37,7 +40,13 @@ pub fn parse_line(line: &str) -> Option<Call> {
     };
     let mut words = rest.split(' ');
     match words.next()? {
-        "error:" => call.error_code = words.next().map(str::to_owned),
+        "error:" => {
+            let text = rest.strip_prefix("error: ").unwrap_or_default();
+            let (code, message) = text.split_once(' ').unwrap_or((text, ""));
+            call.error_code = Some(code.to_owned());
+            call.error_message = Some(message.to_owned());
+            words.next();
+        }
         pod => call.pod = Some(pod.to_owned()),
     }
     for word in words {
@@ -180,6 +189,7 @@ mod tests {
 
         let err = parse_line("#4: error: UNAVAILABLE upstream connect error x=y").unwrap();
         assert_eq!(err.error_code.as_deref(), Some("UNAVAILABLE"));
+        assert_eq!(err.error_message.as_deref(), Some("upstream connect error x=y"));
         assert_eq!(err.pod, None);
 
         assert_eq!(parse_line("  pod   calls"), None);

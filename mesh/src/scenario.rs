@@ -464,12 +464,30 @@ pub fn check(
             );
         }
         Id::Tight => {
-            let overflow = s.errors_by_code.get("UNAVAILABLE").copied().unwrap_or(0);
-            expect(overflow > 0, "no call overflowed with UNAVAILABLE".into());
+            // Envoy's circuit breaker, not some other failure: UNAVAILABLE
+            // with `reset reason: overflow` in the message.
+            let overflow = calls
+                .iter()
+                .filter(|c| c.error_code.as_deref() == Some("UNAVAILABLE"))
+                .filter(|c| {
+                    c.error_message
+                        .as_deref()
+                        .is_some_and(|m| m.contains("overflow"))
+                })
+                .count() as u64;
+            expect(
+                overflow > 0,
+                "no call overflowed (UNAVAILABLE ... overflow)".into(),
+            );
             expect(s.ok > 0, "no call succeeded".into());
             expect(
                 s.errors == overflow,
-                format!("errors other than UNAVAILABLE: {:?}", s.errors_by_code),
+                format!(
+                    "errors other than overflow: {} of {} ({:?})",
+                    s.errors - overflow,
+                    s.errors,
+                    s.errors_by_code
+                ),
             );
         }
     }
@@ -606,6 +624,24 @@ mod tests {
             found
                 .iter()
                 .any(|p| p.contains("2 fresh connections for 3 answers")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn tight_pool_errors_must_be_overflow() {
+        let overflow = [
+            "#1: a conn-requests=1",
+            "#2: error: UNAVAILABLE upstream connect error or disconnect/reset before headers. reset reason: overflow",
+        ];
+        assert_eq!(problems(Id::Tight, &overflow, 3), Vec::<String>::new());
+        let refused = [
+            "#1: a conn-requests=1",
+            "#2: error: UNAVAILABLE connection refused",
+        ];
+        let found = problems(Id::Tight, &refused, 3);
+        assert!(
+            found.iter().any(|p| p.contains("no call overflowed")),
             "{found:?}"
         );
     }
