@@ -62,10 +62,18 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     runtime::stop_children_on_signals();
+    let json = cli.json;
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("mesh: {e:#}");
+            if json {
+                // Scripts reading stdout get an answer too, not silence.
+                println!(
+                    "{}",
+                    serde_json::json!({"passed": false, "error": format!("{e:#}")})
+                );
+            }
             ExitCode::FAILURE
         }
     }

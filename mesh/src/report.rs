@@ -189,7 +189,10 @@ mod tests {
 
         let err = parse_line("#4: error: UNAVAILABLE upstream connect error x=y").unwrap();
         assert_eq!(err.error_code.as_deref(), Some("UNAVAILABLE"));
-        assert_eq!(err.error_message.as_deref(), Some("upstream connect error x=y"));
+        assert_eq!(
+            err.error_message.as_deref(),
+            Some("upstream connect error x=y")
+        );
         assert_eq!(err.pod, None);
 
         assert_eq!(parse_line("  pod   calls"), None);
