@@ -24,14 +24,16 @@ FAILURE_POLICY = {"FAIL_CLOSE": "FAIL_CLOSED", "FAIL_OPEN": "FAIL_OPEN", "FAIL_R
 def wasm_filter(plugin: dict, module: str, namespace: str = "default", config=True) -> dict:
     """The HTTP filter a sidecar holds for PLUGIN (config=False: pluginConfig unset)."""
     spec = plugin["spec"]
-    name = f"{namespace}.{plugin['metadata']['name']}"
+    # Istio >= 1.30 translates every WasmPlugin into a TrafficExtension
+    # (ISTIO-ENVOY.md §1); the Rust harness renders the same names.
+    name = f"{namespace}.{plugin['metadata']['name']}~istio-translated-wasmplugin"
     vm = {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": module}}}
     host_env = [e["name"] for e in spec.get("vmConfig", {}).get("env", []) if e.get("valueFrom") == "HOST"]
     if host_env:
         vm["environment_variables"] = {"host_env_keys": host_env}
     value = json.dumps(spec["pluginConfig"], separators=(",", ":")) if config and "pluginConfig" in spec else ""
     return {
-        "name": f"extensions.istio.io/wasmplugin/{name}",
+        "name": f"extensions.istio.io/trafficextension/{name}",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
             "config": {
