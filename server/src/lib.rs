@@ -23,7 +23,8 @@ pub use conn::ConnInfo;
 pub use http::{HttpState, app as http_app};
 
 /// Largest gRPC message the server decodes. Requests are a few bytes; anything
-/// near this is garbage or abuse and gets RESOURCE_EXHAUSTED.
+/// near this is garbage or abuse and gets OUT_OF_RANGE (tonic's code for
+/// it). Applies to every service on the port, health and reflection too.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// Everything the server needs, as a plain struct tests build directly.
@@ -105,11 +106,13 @@ impl Server {
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+            .build_v1()?
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let reflection_v1alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+            .build_v1alpha()?
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let pod_service =
             proto::PodServer::new(grpc::PodService::new(pod_name.clone(), config.max_delay))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES);
@@ -118,7 +121,7 @@ impl Server {
             .map(|accepted| accepted.and_then(conn::TrackedStream::new));
         let mut grpc_task = tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(health_service)
+                .add_service(health_service.max_decoding_message_size(MAX_MESSAGE_BYTES))
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
                 .add_service(pod_service)

@@ -320,24 +320,27 @@ async fn bad_requests_get_grpc_errors_not_panics() {
         .unwrap_err();
     assert_eq!(unknown.code(), Code::Unimplemented);
 
-    grpc.ready().await.unwrap();
-    let oversized = grpc
-        .unary::<_, Padded, _>(
-            tonic::Request::new(Padded {
-                junk: vec![7; server::MAX_MESSAGE_BYTES + 1],
-            }),
-            proto::GET_INFO_PATH.parse().unwrap(),
-            tonic_prost::ProstCodec::default(),
-        )
-        .await
-        .unwrap_err();
-    // tonic reports an over-limit message as OUT_OF_RANGE.
-    assert_eq!(oversized.code(), Code::OutOfRange, "{oversized:?}");
-    assert!(
-        oversized.message().contains("too large"),
-        "{}",
-        oversized.message()
-    );
+    // Every service on the port has the same limit, not only getInfo.
+    for path in [proto::GET_INFO_PATH, "/grpc.health.v1.Health/Check"] {
+        grpc.ready().await.unwrap();
+        let oversized = grpc
+            .unary::<_, Padded, _>(
+                tonic::Request::new(Padded {
+                    junk: vec![7; server::MAX_MESSAGE_BYTES + 1],
+                }),
+                path.parse().unwrap(),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .unwrap_err();
+        // tonic reports an over-limit message as OUT_OF_RANGE.
+        assert_eq!(oversized.code(), Code::OutOfRange, "{path}: {oversized:?}");
+        assert!(
+            oversized.message().contains("too large"),
+            "{path}: {}",
+            oversized.message()
+        );
+    }
 
     // The server is still fine afterwards.
     let ok = PodClient::new(channel)
