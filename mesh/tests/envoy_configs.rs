@@ -20,11 +20,35 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+/// Both sidecars carrying `policy`'s cluster (the server one with our
+/// WasmPlugin) pass `envoy --mode validate`.
+fn assert_sidecars_valid(name: &str, policy: &ClusterPolicy) {
+    let artifacts = Artifacts::locate(None, None).expect("make envoy wasm");
+    let plugin = manifests::wasm_plugin(&manifests::istio_dir(None)).unwrap();
+    let server = envoy_config::server_sidecar(
+        "server-0",
+        addr("127.0.0.1:15000"),
+        addr("127.0.0.1:15006"),
+        addr("127.0.0.1:30051"),
+        policy,
+        Some(envoy_config::wasm_filter(&plugin, &artifacts.wasm)),
+    );
+    assert_valid(&format!("mesh-server-{name}"), &server);
+    let client = envoy_config::client_sidecar(
+        "client-0",
+        addr("127.0.0.1:15000"),
+        addr("127.0.0.1:30051"),
+        topology::SERVICE_HOST,
+        30051,
+        policy,
+        &[addr("127.0.0.2:15006"), addr("127.0.0.3:15006")],
+    );
+    assert_valid(&format!("mesh-client-{name}"), &client);
+}
+
 #[test]
 fn every_rendered_config_passes_envoy_validate() {
-    let artifacts = Artifacts::locate(None, None).expect("make envoy wasm");
     let istio = manifests::istio_dir(None);
-    let plugin = manifests::wasm_plugin(&istio).unwrap();
     let mut policies = vec![("default".to_owned(), ClusterPolicy::default())];
     for name in manifests::EXPERIMENTS {
         policies.push((
@@ -33,25 +57,7 @@ fn every_rendered_config_passes_envoy_validate() {
         ));
     }
     for (name, policy) in &policies {
-        let server = envoy_config::server_sidecar(
-            "server-0",
-            addr("127.0.0.1:15000"),
-            addr("127.0.0.1:15006"),
-            addr("127.0.0.1:30051"),
-            policy,
-            Some(envoy_config::wasm_filter(&plugin, &artifacts.wasm)),
-        );
-        assert_valid(&format!("mesh-server-{name}"), &server);
-        let client = envoy_config::client_sidecar(
-            "client-0",
-            addr("127.0.0.1:15000"),
-            addr("127.0.0.1:30051"),
-            topology::SERVICE_HOST,
-            30051,
-            policy,
-            &[addr("127.0.0.2:15006"), addr("127.0.0.3:15006")],
-        );
-        assert_valid(&format!("mesh-client-{name}"), &client);
+        assert_sidecars_valid(name, policy);
     }
     let l4 = envoy_config::l4_service(
         addr("127.0.0.1:15000"),
@@ -210,27 +216,7 @@ fn every_connection_pool_field_renders_to_its_cluster_field_and_envoy_accepts_it
         );
     }
 
-    let artifacts = Artifacts::locate(None, None).expect("make envoy wasm");
-    let plugin = manifests::wasm_plugin(&manifests::istio_dir(None)).unwrap();
-    let server = envoy_config::server_sidecar(
-        "server-0",
-        addr("127.0.0.1:15000"),
-        addr("127.0.0.1:15006"),
-        addr("127.0.0.1:30051"),
-        &policy,
-        Some(envoy_config::wasm_filter(&plugin, &artifacts.wasm)),
-    );
-    assert_valid("mesh-server-every-field", &server);
-    let client = envoy_config::client_sidecar(
-        "client-0",
-        addr("127.0.0.1:15000"),
-        addr("127.0.0.1:30051"),
-        topology::SERVICE_HOST,
-        30051,
-        &policy,
-        &[addr("127.0.0.2:15006")],
-    );
-    assert_valid("mesh-client-every-field", &client);
+    assert_sidecars_valid("every-field", &policy);
 
     // Envoy requires a PING timeout: an interval alone is refused by name
     // rather than rendered into a config Envoy would reject.
