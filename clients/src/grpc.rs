@@ -6,6 +6,7 @@ use std::{
     future::Future,
     io::Write,
     net::SocketAddr,
+    pin::Pin,
     sync::{Arc, Mutex, Weak},
     time::{Duration, Instant},
 };
@@ -90,8 +91,48 @@ pub struct Config {
     pub delay: Duration,
     pub timeout: Duration,
     pub resolve_every: Duration,
+    /// How round-robin turns the targets into addresses: DNS unless a test
+    /// substitutes answers that change.
+    pub resolver: Resolver,
     /// Extra request metadata.
     pub headers: HeaderMap,
+}
+
+/// Every address of every target, with the name it came from.
+pub type Resolved = Result<Vec<(SocketAddr, Authority)>, String>;
+
+type ResolveFn =
+    dyn Fn(Vec<Authority>) -> Pin<Box<dyn Future<Output = Resolved> + Send>> + Send + Sync;
+
+/// Resolution for round-robin, DNS by default.
+#[derive(Clone)]
+pub struct Resolver(Arc<ResolveFn>);
+
+impl Resolver {
+    /// Answers from `resolve` instead of DNS.
+    pub fn new<F, Fut>(resolve: F) -> Self
+    where
+        F: Fn(Vec<Authority>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Resolved> + Send + 'static,
+    {
+        Resolver(Arc::new(move |targets| Box::pin(resolve(targets))))
+    }
+
+    async fn resolve(&self, targets: &[Authority]) -> Resolved {
+        (self.0)(targets.to_vec()).await
+    }
+}
+
+impl Default for Resolver {
+    fn default() -> Self {
+        Resolver::new(|targets| async move { resolve_all(&targets).await })
+    }
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Resolver")
+    }
 }
 
 impl Args {
@@ -114,6 +155,7 @@ impl Args {
             delay: self.delay,
             timeout: self.common.timeout,
             resolve_every: self.resolve_every,
+            resolver: Resolver::default(),
             headers: self.common.headers.iter().cloned().collect(),
         };
         Ok((config, self.common.loop_config()?))
@@ -486,6 +528,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 pub struct Pool {
     targets: Vec<Authority>,
+    resolver: Resolver,
     timeout: Duration,
     backends: Mutex<Backends<Channel>>,
     last_error: Mutex<Option<String>>,
@@ -498,6 +541,7 @@ impl Pool {
     async fn start(config: &Config) -> Arc<Self> {
         let pool = Arc::new(Pool {
             targets: config.targets.clone(),
+            resolver: config.resolver.clone(),
             timeout: config.timeout,
             backends: Mutex::new(Backends::default()),
             last_error: Mutex::new(None),
@@ -511,7 +555,7 @@ impl Pool {
 
     async fn refresh(&self) {
         // A resolver that hangs must not hang the calls waiting on it.
-        let resolved = tokio::time::timeout(self.timeout, resolve_all(&self.targets))
+        let resolved = tokio::time::timeout(self.timeout, self.resolver.resolve(&self.targets))
             .await
             .unwrap_or_else(|_| {
                 Err(format!(
@@ -600,7 +644,7 @@ async fn refresh_loop(pool: Weak<Pool>, every: Duration) {
 
 /// Every address of every target, with the name it came from; any failure
 /// fails the whole resolution so a partial answer never shrinks the set.
-async fn resolve_all(targets: &[Authority]) -> Result<Vec<(SocketAddr, Authority)>, String> {
+async fn resolve_all(targets: &[Authority]) -> Resolved {
     let mut all = Vec::new();
     for target in targets {
         let addrs = tokio::net::lookup_host(target.as_str())
@@ -784,5 +828,99 @@ mod tests {
         b.report(addr("10.0.0.2:1"), true, now);
         let picks: Vec<SocketAddr> = (0..2).map(|_| b.pick(now).unwrap().0).collect();
         assert_eq!(picks, [addr("10.0.0.1:1"), addr("10.0.0.2:1")]);
+    }
+}
+
+/// Round-robin against real servers, with DNS answers the test controls.
+#[cfg(test)]
+mod re_resolution {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    async fn serve(pod: &str) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let server = server::Server::bind(server::Config::local(pod))
+            .await
+            .expect("bind a server");
+        let addr = server.grpc_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(server.serve(async {
+            let _ = stopped.await;
+        }));
+        (addr, stop)
+    }
+
+    /// A headless Service gaining and then losing a pod: after the next
+    /// re-resolution the new address is called, the removed one no longer.
+    #[tokio::test]
+    async fn round_robin_follows_the_names_changing_answers() {
+        let (a, _stop_a) = serve("pod-a").await;
+        let (b, _stop_b) = serve("pod-b").await;
+        let answers = Arc::new(Mutex::new(vec![a]));
+        let resolver = {
+            let answers = answers.clone();
+            Resolver::new(move |targets: Vec<Authority>| {
+                let now = lock(&answers).clone();
+                async move {
+                    Ok(now
+                        .into_iter()
+                        .map(|addr| (addr, targets[0].clone()))
+                        .collect())
+                }
+            })
+        };
+        let config = Config {
+            targets: vec!["server.test:30051".parse().unwrap()],
+            mode: Mode::RoundRobin,
+            concurrency: 1,
+            delay: Duration::ZERO,
+            timeout: Duration::from_secs(2),
+            resolve_every: Duration::from_millis(50),
+            resolver,
+            headers: HeaderMap::new(),
+        };
+        let pool = Pool::start(&config).await;
+        let shared = Shared {
+            delay_ms: 0,
+            timeout: config.timeout,
+            metadata: HeaderMap::new(),
+        };
+        let pods = |calls: usize| {
+            let (pool, shared) = (&pool, &shared);
+            async move {
+                let mut seen = BTreeSet::new();
+                for _ in 0..calls {
+                    let call = pool.call(shared).await;
+                    seen.insert(call.outcome.expect("call succeeds"));
+                }
+                seen
+            }
+        };
+        let only = |pod: &str| BTreeSet::from([pod.to_owned()]);
+        let both = BTreeSet::from(["pod-a".to_owned(), "pod-b".to_owned()]);
+
+        assert_eq!(pods(4).await, only("pod-a"));
+        // Wait for re-resolution by what the calls show, with a deadline.
+        let wait_for = |want: BTreeSet<String>| {
+            let pods = &pods;
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    tokio::time::sleep(Duration::from_millis(60)).await;
+                    let seen = pods(4).await;
+                    if seen == want {
+                        return;
+                    }
+                    assert!(Instant::now() < deadline, "still {seen:?}, want {want:?}");
+                }
+            }
+        };
+        *lock(&answers) = vec![a, b];
+        wait_for(both).await;
+        *lock(&answers) = vec![b];
+        wait_for(only("pod-b")).await;
+        // And it stays that way: the removed endpoint is gone for good.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(pods(6).await, only("pod-b"));
     }
 }

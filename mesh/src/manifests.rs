@@ -121,7 +121,10 @@ mod tests {
         std::fs::write(dir.join("destinationrules/reuse.yaml"), "kind: [unclosed").unwrap();
         let err = format!("{:#}", destination_rule(&dir, "reuse").unwrap_err());
         assert!(err.contains("reuse.yaml is not valid YAML"), "{err}");
-        assert!(err.contains("--istio-dir") && err.contains("line"), "no fix: {err}");
+        assert!(
+            err.contains("--istio-dir") && err.contains("line"),
+            "no fix: {err}"
+        );
         let err = format!("{:#}", wasm_plugin(&dir).unwrap_err());
         assert!(err.contains("cannot read"), "{err}");
         std::fs::remove_dir_all(dir).ok();
