@@ -2,8 +2,10 @@
 //! modules. Compiled for `wasm32` only.
 //!
 //! No callback may panic (a panic kills the VM and, fail-closed, the
-//! listener): host results are matched, never unwrapped. (The SDK itself
-//! still panics on host statuses the ABI does not allow.)
+//! listener): host results are matched, never unwrapped. The per-request
+//! host calls bypass the SDK's wrappers, which panic on statuses they do not
+//! expect; those wrappers remain only at configure time and on the tick
+//! (metrics, timer), where Envoy's answers are fixed by the ABI.
 
 use std::cell::{Cell, RefCell};
 use std::ptr::null_mut;
@@ -13,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use log::{error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
 
 use crate::config::Config;
 use crate::decimal::Decimal;
@@ -29,23 +31,42 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}
 
-/// Raw property lookup with a pre-serialized path (`\0`-separated). The SDK's
-/// `get_property` builds two vectors per call and panics on unexpected host
-/// statuses; this one allocates nothing itself and maps every failure to None.
-fn property(path: &[u8]) -> Option<Vec<u8>> {
-    #[link(wasm_import_module = "env")]
-    unsafe extern "C" {
-        fn proxy_get_property(
-            path_data: *const u8,
-            path_size: usize,
-            return_value_data: *mut *mut u8,
-            return_value_size: *mut usize,
-        ) -> Status;
-    }
-    let mut data: *mut u8 = null_mut();
-    let mut size: usize = 0;
-    // SAFETY: `path` outlives the call; the host writes the out-pointers.
-    let status = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
+// The per-request host calls, declared as the SDK declares them. The SDK's
+// own wrappers panic on any status they do not expect (Envoy answers
+// BadArgument when a header map is not available), and a panic kills the VM;
+// these map every failure to "nothing" instead, and allocate nothing
+// themselves.
+#[link(wasm_import_module = "env")]
+unsafe extern "C" {
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> Status;
+    fn proxy_get_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> Status;
+    fn proxy_replace_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> Status;
+    fn proxy_remove_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+    ) -> Status;
+}
+
+/// Takes ownership of a buffer the host returned with `status`.
+fn host_buffer(status: Status, data: *mut u8, size: usize) -> Option<Vec<u8>> {
     if !matches!(status, Status::Ok) || data.is_null() {
         return None;
     }
@@ -53,6 +74,55 @@ fn property(path: &[u8]) -> Option<Vec<u8>> {
     // `proxy_on_memory_allocate` (a Rust heap allocation of exactly `size`
     // bytes) and hands ownership to us; this is what the SDK itself does.
     Some(unsafe { Vec::from_raw_parts(data, size, size) })
+}
+
+/// Property lookup with a pre-serialized path (`\0`-separated): the SDK's
+/// `get_property` also builds two vectors per call.
+fn property(path: &[u8]) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: `path` outlives the call; the host writes the out-pointers.
+    let status = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
+    host_buffer(status, data, size)
+}
+
+/// One request header's value; None when absent or unavailable.
+fn request_header(name: &str) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: `name` outlives the call; the host writes the out-pointers.
+    let status = unsafe {
+        proxy_get_header_map_value(
+            MapType::HttpRequestHeaders,
+            name.as_ptr(),
+            name.len(),
+            &mut data,
+            &mut size,
+        )
+    };
+    host_buffer(status, data, size)
+}
+
+/// Sets (replaces, never appends) a response header, or removes it. A map
+/// the host cannot give us leaves the response as it is.
+fn set_response_header(name: &str, value: Option<&[u8]>) {
+    // SAFETY: `name` and `value` outlive the calls; the host only reads them.
+    let _ = unsafe {
+        match value {
+            Some(value) => proxy_replace_header_map_value(
+                MapType::HttpResponseHeaders,
+                name.as_ptr(),
+                name.len(),
+                value.as_ptr(),
+                value.len(),
+            ),
+            None => proxy_remove_header_map_value(
+                MapType::HttpResponseHeaders,
+                name.as_ptr(),
+                name.len(),
+            ),
+        }
+    };
 }
 
 /// `["connection","id"]`: 8-byte little-endian u64.
@@ -284,12 +354,7 @@ impl HttpContext for Http {
             return Action::Continue;
         };
         if !shared.tag_all_http {
-            let content_type = hostcalls::get_map_value_bytes(
-                proxy_wasm::types::MapType::HttpRequestHeaders,
-                "content-type",
-            )
-            .ok()
-            .flatten();
+            let content_type = request_header("content-type");
             if !is_grpc_content_type(content_type.as_deref()) {
                 if let Ok(mut state) = shared.state.try_borrow_mut() {
                     state.skipped();
@@ -322,15 +387,9 @@ impl HttpContext for Http {
         let Some(shared) = &self.shared else {
             return Action::Continue;
         };
-        let set = |name: &str, value: Option<&[u8]>| {
-            // replace = set, not append: an app-supplied header of the same
-            // name is overwritten (or removed), never duplicated.
-            let _ = hostcalls::set_map_value_bytes(
-                proxy_wasm::types::MapType::HttpResponseHeaders,
-                name,
-                value,
-            );
-        };
+        // Set, not append: an app-supplied header of the same name is
+        // overwritten (or removed), never duplicated.
+        let set = set_response_header;
         match self.tag {
             Tag::None => return Action::Continue,
             Tag::Pod => {
