@@ -1,4 +1,4 @@
-.PHONY: help setup rust-targets venv envoy build release wasm test test-rust test-manifests demo mesh-up fmt lint clean
+.PHONY: help setup rust-targets rust-components venv envoy build release wasm test test-rust test-manifests demo mesh-up fmt lint clean
 
 # Every target installs what it needs, so each works from a fresh clone.
 CARGO   ?= cargo
@@ -64,10 +64,15 @@ mesh-up: setup wasm ## keep a local mesh running (EXPERIMENT=none|reuse|one-per-
 
 # ---- hygiene ---------------------------------------------------------------
 
-fmt: ## format all Rust code
+rust-components: ## rustfmt and clippy (minimal rustup profiles lack them)
+	@for c in rustfmt clippy; do \
+	  rustup component list --installed 2>/dev/null | grep -q "^$$c" || { echo "+ rustup component add $$c"; rustup component add $$c || exit 1; }; \
+	done
+
+fmt: rust-components ## format all Rust code
 	$(CARGO) fmt --all
 
-lint: ## rustfmt check + clippy with warnings as errors
+lint: rust-components ## rustfmt check + clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
