@@ -143,6 +143,24 @@ pub fn median_ratio(a: &[f64], b: &[f64]) -> f64 {
     median(&ratios)
 }
 
+/// Median over rounds of (a − b, same round): what `a` adds over `b`, paired
+/// like the ratios so drift between rounds cancels.
+pub fn median_difference(a: &[f64], b: &[f64]) -> f64 {
+    let differences: Vec<f64> = a.iter().zip(b).map(|(a, b)| a - b).collect();
+    median(&differences)
+}
+
+/// Fewer rounds than this, or `--quick`, and the goals are not judged
+/// (issue 6: at least three alternating rounds).
+pub const MIN_JUDGED_ROUNDS: usize = 3;
+
+impl Settings {
+    /// Whether this run is long enough to judge the timing goals.
+    pub fn judged(&self) -> bool {
+        !self.quick && self.rounds >= MIN_JUDGED_ROUNDS
+    }
+}
+
 const MIB: f64 = 1024.0 * 1024.0;
 
 fn mib(bytes: u64) -> String {
@@ -196,9 +214,24 @@ impl Report {
             _ => "no pinning (fewer than 2 CPUs)".to_owned(),
         };
         let load = |v: Option<f64>| v.map_or("?".to_owned(), |v| format!("{v:.2}"));
+        let other = if m.other_cpu_secs < -1.0 {
+            format!(
+                "n/a (the machine's CPU time is {:.1} s less than the benchmark's own: \
+                 accounting differs on this kernel)",
+                -m.other_cpu_secs
+            )
+        } else {
+            let secs = m.other_cpu_secs.max(0.0);
+            let share = if m.run_secs > 0.0 {
+                100.0 * secs / m.run_secs
+            } else {
+                0.0
+            };
+            format!("≈ {secs:.1} CPU-s ({share:.0}% of one core)")
+        };
         out.push_str(&format!(
             "Machine: {} × {}, Linux {}; {}; {}; {pinning}. Run: {:.0} s; other work on the machine \
-             meanwhile: ≈ {:.1} CPU-s ({:.0}% of one core), hypervisor steal {:.1} s; \
+             meanwhile: {other}, hypervisor steal {:.1} s; \
              1-min load average {} at start, {} at end.{}\n\n",
             m.cpus,
             m.cpu_model,
@@ -206,12 +239,16 @@ impl Report {
             m.envoy_version,
             m.h2load_version,
             m.run_secs,
-            m.other_cpu_secs,
-            if m.run_secs > 0.0 { 100.0 * m.other_cpu_secs / m.run_secs } else { 0.0 },
             m.steal_secs,
             load(m.load_average_start),
             load(m.load_average_end),
-            if s.quick { " **--quick run: too short to judge anything.**" } else { "" },
+            if s.quick {
+                " **--quick run: too short to judge anything.**"
+            } else if !s.judged() {
+                " **Fewer than 3 rounds: too few to judge the goals.**"
+            } else {
+                ""
+            },
         ));
 
         out.push_str(&format!(
@@ -321,6 +358,11 @@ mod tests {
             0.8
         );
         assert_eq!(median_ratio(&[1.0], &[0.0]), 0.0);
+        // Paired by round: a drift shared by both sides cancels.
+        assert_eq!(
+            median_difference(&[10.0, 20.0, 30.0], &[8.0, 18.0, 29.0]),
+            2.0
+        );
     }
 
     #[test]

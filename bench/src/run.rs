@@ -25,7 +25,7 @@ use crate::{
     grpc, h2c, h2load, procfs,
     report::{
         self, ChurnRow, Goal, Machine, ProxyRow, Report, ServerRow, Settings, Verdict, median,
-        median_ratio, verdict,
+        median_difference, median_ratio, verdict,
     },
 };
 
@@ -280,6 +280,9 @@ impl Bench<'_> {
 
 /// Check that a configuration does what it claims before measuring it: a
 /// fast filter that tags nothing would be a lie.
+/// Envoy's gauge of live V8 VMs.
+const V8_ACTIVE_STAT: &str = "wasm.envoy.wasm.runtime.v8.active";
+
 fn verify(variant: Variant, envoy: &Envoy, pod: &str, body: &[u8]) -> anyhow::Result<()> {
     let (answers, other) = h2c::probe(envoy.listener, grpc::GET_INFO_PATH, body, 2)?;
     let context = || format!("{} ({}): ", variant.label(), envoy.config_path.display());
@@ -295,6 +298,16 @@ fn verify(variant: Variant, envoy: &Envoy, pod: &str, body: &[u8]) -> anyhow::Re
         )
     };
     let (t1, t2, t3) = (tags(first), tags(second), tags(&other));
+    if matches!(variant, Variant::EmptyWasm | Variant::UpstreamTagger) {
+        // A module that failed to load, open-failing, would look like no
+        // filter at all: the floor must be a V8 VM that really runs.
+        let active = envoy.stat(V8_ACTIVE_STAT)?;
+        ensure!(
+            active.is_some_and(|n| n >= 1),
+            "{}no V8 wasm VM is running ({V8_ACTIVE_STAT} = {active:?})",
+            context()
+        );
+    }
     match variant {
         Variant::NoFilter | Variant::EmptyWasm => {
             ensure!(
@@ -456,14 +469,22 @@ fn proxy_phase(
                 .collect::<Vec<_>>(),
         )
     };
-    let p = |i: usize, which: fn(&(u64, u64)) -> u64| {
-        median(
-            &latency[i]
-                .iter()
-                .map(|l| which(l) as f64)
-                .collect::<Vec<_>>(),
-        )
+    let cpus = |i: usize| {
+        loaded[i]
+            .iter()
+            .map(|l| l.cpu_us_per_request)
+            .collect::<Vec<_>>()
     };
+    let ps = |i: usize, which: fn(&(u64, u64)) -> u64| {
+        latency[i]
+            .iter()
+            .map(|l| which(l) as f64)
+            .collect::<Vec<_>>()
+    };
+    let p = |i: usize, which: fn(&(u64, u64)) -> u64| median(&ps(i, which));
+    // "Added" columns pair each round with no filter's same round.
+    let added =
+        |i: usize, which: fn(&(u64, u64)) -> u64| median_difference(&ps(i, which), &ps(0, which));
     let base_rps = rps(0);
     let mut rows = Vec::new();
     for (i, (variant, envoy)) in Variant::ALL.iter().zip(&envoys).enumerate() {
@@ -480,13 +501,13 @@ fn proxy_phase(
             ratio_vs_no_filter: median_ratio(&rps(i), &base_rps),
             cpu_us_per_request: loaded[i].iter().map(|l| l.cpu_us_per_request).collect(),
             cpu_us_per_request_median: cpu(i),
-            added_cpu_us: cpu(i) - cpu(0),
+            added_cpu_us: median_difference(&cpus(i), &cpus(0)),
             p50_us: latency[i].iter().map(|l| l.0).collect(),
             p99_us: latency[i].iter().map(|l| l.1).collect(),
             p50_us_median: p(i, |l| l.0),
             p99_us_median: p(i, |l| l.1),
-            added_p50_us: p(i, |l| l.0) - p(0, |l| l.0),
-            added_p99_us: p(i, |l| l.1) - p(0, |l| l.1),
+            added_p50_us: added(i, |l| l.0),
+            added_p99_us: added(i, |l| l.1),
             rss_bytes: envoy.rss_bytes()?,
             module_bytes: module,
         });
@@ -651,18 +672,18 @@ fn churn_phase(bench: &Bench, inputs: &Inputs, pod: &str) -> anyhow::Result<Vec<
         let stop = AtomicBool::new(false);
         let gauge = wasm_stat(metrics::CONNECTIONS_TRACKED);
         let outcome = std::thread::scope(|scope| {
-            if filtered {
-                // The gauge is flushed on the filter's 1 s tick: sample it
-                // more often than that for the whole run.
-                scope.spawn(|| {
-                    while !stop.load(Ordering::Relaxed) {
-                        if let Ok(Some(v)) = envoy.stat(&gauge) {
-                            tracked_max.fetch_max(v, Ordering::Relaxed);
-                        }
-                        std::thread::sleep(Duration::from_millis(100));
+            // The gauge is flushed on the filter's 1 s tick: sample it more
+            // often than that for the whole run. The unfiltered Envoy is
+            // polled the same way (its answer is simply absent), so admin
+            // traffic weighs the same on both RSS figures.
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(Some(v)) = envoy.stat(&gauge) {
+                        tracked_max.fetch_max(v, Ordering::Relaxed);
                     }
-                });
-            }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
             let outcome = h2c::churn(
                 envoy.listener,
                 grpc::GET_INFO_PATH,
@@ -722,12 +743,12 @@ fn churn_phase(bench: &Bench, inputs: &Inputs, pod: &str) -> anyhow::Result<Vec<
 /// Issue 6's goals against this run. Size limits are read strictly
 /// (1 KB = 1000 B, 1 MB = 1,000,000 B).
 pub fn goals(report: &Report) -> Vec<Goal> {
-    let quick = report.settings.quick;
+    let judged = report.settings.judged();
     let timed = |ok: bool| {
-        if quick {
-            Verdict::NotJudged
-        } else {
+        if judged {
             verdict(ok)
+        } else {
+            Verdict::NotJudged
         }
     };
     let mut goals = Vec::new();
@@ -876,7 +897,11 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     let busy = machine_after
         .busy_micros
         .saturating_sub(machine_before.busy_micros);
-    machine.other_cpu_secs = busy.saturating_sub(own_after.saturating_sub(own_before)) as f64 / 1e6;
+    // Signed: a negative rest means the accounting does not add up (e.g. a
+    // kernel that charges interrupt time apart), and the report says so
+    // instead of printing a reassuring zero.
+    let own = own_after.saturating_sub(own_before);
+    machine.other_cpu_secs = (busy as f64 - own as f64) / 1e6;
     machine.steal_secs = machine_after
         .steal_micros
         .saturating_sub(machine_before.steal_micros) as f64
@@ -969,7 +994,7 @@ mod tests {
             },
             settings: Settings {
                 quick,
-                rounds: 1,
+                rounds: 5,
                 warmup_ms: 1,
                 duration_ms: 1,
                 latency_duration_ms: 1,
@@ -1063,6 +1088,18 @@ mod tests {
     }
 
     #[test]
+    fn other_work_that_does_not_add_up_is_not_shown_as_zero() {
+        let mut r = report(false, 80.0, 100_000, 100_000);
+        r.machine.other_cpu_secs = -5.0;
+        assert!(
+            r.markdown()
+                .contains("other work on the machine meanwhile: n/a")
+        );
+        r.machine.other_cpu_secs = 2.0;
+        assert!(r.markdown().contains("≈ 2.0 CPU-s (200% of one core)"));
+    }
+
+    #[test]
     fn short_runs_leave_timing_goals_unjudged() {
         let goals = goals(&report(true, 80.0, 100_000, 3_000));
         for name in [
@@ -1081,5 +1118,15 @@ mod tests {
             "a bound, not a timing"
         );
         assert_eq!(verdict_of(&goals, "module size"), Verdict::Met);
+
+        // Not --quick, but fewer than three rounds: not judged either.
+        let mut two_rounds = report(false, 80.0, 100_000, 100_000);
+        two_rounds.settings.rounds = 2;
+        let judged = super::goals(&two_rounds);
+        assert_eq!(
+            verdict_of(&judged, "throughput vs no filter"),
+            Verdict::NotJudged
+        );
+        assert!(two_rounds.markdown().contains("too few to judge"));
     }
 }

@@ -8,7 +8,10 @@ use std::{
     process::{Command, Output},
 };
 
-use bench::{configs::Variant, report::Report};
+use bench::{
+    configs::Variant,
+    report::{Report, Verdict},
+};
 
 fn h2load_on_path() -> bool {
     std::env::var_os("PATH")
@@ -42,7 +45,7 @@ fn quick_run_reports_every_configuration() {
         &[
             "--quick",
             "--rounds",
-            "1",
+            "2",
             "--warmup",
             "100ms",
             "--duration",
@@ -74,9 +77,20 @@ fn quick_run_reports_every_configuration() {
             "no row for {}",
             row.label
         );
-        assert_eq!(row.req_per_sec.len(), 1, "{}: one round", row.key);
+        assert_eq!(row.req_per_sec.len(), 2, "{}: two rounds", row.key);
+        assert_eq!(row.cpu_us_per_request.len(), 2, "{}", row.key);
         assert!(
-            row.req_per_sec_median > 0.0 && row.p50_us_median > 0.0 && row.rss_bytes > 0,
+            row.req_per_sec_median > 0.0
+                && row.ratio_vs_no_filter > 0.0
+                && row.rss_bytes > 0
+                && row
+                    .cpu_us_per_request
+                    .iter()
+                    .all(|c| c.is_finite() && *c > 0.0),
+            "{row:?}"
+        );
+        assert!(
+            row.p50_us_median > 0.0 && row.p99_us_median >= row.p50_us_median,
             "{row:?}"
         );
         let is_wasm = row.key == "empty-wasm" || row.key == "upstream-tagger";
@@ -86,7 +100,13 @@ fn quick_run_reports_every_configuration() {
 
     let servers: Vec<&str> = report.servers.iter().map(|r| r.key.as_str()).collect();
     assert_eq!(servers, ["tonic-hello-world", "echo-server"]);
-    assert!(report.servers.iter().all(|r| r.req_per_sec_median > 0.0));
+    assert!(
+        report.servers.iter().all(|r| r.req_per_sec_median > 0.0
+            && r.cpu_us_per_request_median > 0.0
+            && r.rss_bytes > 0),
+        "{:?}",
+        report.servers
+    );
 
     let [without, with] = &report.churn[..] else {
         panic!("two churn rows expected: {:?}", report.churn);
@@ -95,6 +115,7 @@ fn quick_run_reports_every_configuration() {
         (without.connections, without.tagged, without.tracked_max),
         (200, 0, None)
     );
+    assert!(without.rss_before_bytes > 0 && with.rss_before_bytes > 0);
     assert_eq!(
         (with.connections, with.tagged),
         (200, 200),
@@ -121,6 +142,68 @@ fn quick_run_reports_every_configuration() {
         );
     }
     assert!(markdown.contains("--quick run: too short to judge anything"));
+    for timing in [
+        "throughput vs no filter",
+        "added Envoy CPU",
+        "unloaded latency",
+    ] {
+        let goal = report
+            .goals
+            .iter()
+            .find(|g| g.goal.contains(timing))
+            .unwrap();
+        assert_eq!(
+            goal.verdict,
+            Verdict::NotJudged,
+            "{timing}: a quick run judges nothing"
+        );
+    }
+
+    // Every process the run started is gone: none still has the run's
+    // folder on its command line (Envoy's config path is under it).
+    let needle = out.to_string_lossy().into_owned();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains(&needle))
+        .collect();
+    assert!(left.is_empty(), "left running: {left:?}");
+}
+
+/// A configuration that does not do its work stops the run instead of
+/// looking fast: the empty module passed off as upstream-tagger.
+#[test]
+fn a_filter_that_does_not_tag_stops_the_run() {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let empty = target.join("wasm32-wasip1/wasm/empty_filter.wasm");
+    assert!(
+        empty.is_file(),
+        "{} missing: run `make bench-deps`",
+        empty.display()
+    );
+    let out = out_dir("not-tagging");
+    let output = bench(
+        &out,
+        &[
+            "--quick",
+            "--rounds",
+            "1",
+            "--wasm",
+            empty.to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "a non-tagging filter was measured"
+    );
+    assert!(
+        stderr.contains("upstream-tagger") && stderr.contains("pod header"),
+        "{stderr}"
+    );
 }
 
 #[test]
