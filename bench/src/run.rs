@@ -177,6 +177,7 @@ fn machine(tools: &Tools, cores: &Cores) -> Machine {
         load_average_end: None,
         run_secs: 0.0,
         other_cpu_secs: 0.0,
+        own_cpu_secs: 0.0,
         steal_secs: 0.0,
     }
 }
@@ -902,6 +903,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     // instead of printing a reassuring zero.
     let own = own_after.saturating_sub(own_before);
     machine.other_cpu_secs = (busy as f64 - own as f64) / 1e6;
+    machine.own_cpu_secs = own as f64 / 1e6;
     machine.steal_secs = machine_after
         .steal_micros
         .saturating_sub(machine_before.steal_micros) as f64
@@ -990,6 +992,7 @@ mod tests {
                 load_average_end: None,
                 run_secs: 1.0,
                 other_cpu_secs: 0.0,
+                own_cpu_secs: 100.0,
                 steal_secs: 0.0,
             },
             settings: Settings {
@@ -1090,13 +1093,19 @@ mod tests {
     #[test]
     fn other_work_that_does_not_add_up_is_not_shown_as_zero() {
         let mut r = report(false, 80.0, 100_000, 100_000);
-        r.machine.other_cpu_secs = -5.0;
+        // own_cpu_secs = 100: ±5 s is within the accounting error.
+        r.machine.other_cpu_secs = -8.0;
         assert!(
             r.markdown()
                 .contains("other work on the machine meanwhile: n/a")
         );
-        r.machine.other_cpu_secs = 2.0;
-        assert!(r.markdown().contains("≈ 2.0 CPU-s (200% of one core)"));
+        r.machine.other_cpu_secs = -3.0;
+        assert!(
+            r.markdown()
+                .contains("meanwhile: none measurable (-3.0 CPU-s")
+        );
+        r.machine.other_cpu_secs = 9.0;
+        assert!(r.markdown().contains("≈ 9.0 CPU-s (900% of one core)"));
     }
 
     #[test]
