@@ -65,12 +65,13 @@ pub struct ProxyRow {
     pub ratio_vs_no_filter: f64,
     pub cpu_us_per_request: Vec<f64>,
     pub cpu_us_per_request_median: f64,
-    /// Median CPU µs/request minus the no-filter median.
+    /// Median over rounds of (this CPU µs/request − no filter's, same round).
     pub added_cpu_us: f64,
     pub p50_us: Vec<u64>,
     pub p99_us: Vec<u64>,
     pub p50_us_median: f64,
     pub p99_us_median: f64,
+    /// Like `added_cpu_us`, for the unloaded p50 and p99.
     pub added_p50_us: f64,
     pub added_p99_us: f64,
     pub rss_bytes: u64,

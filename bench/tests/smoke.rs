@@ -175,10 +175,7 @@ fn quick_run_reports_every_configuration() {
 /// looking fast: the empty module passed off as upstream-tagger.
 #[test]
 fn a_filter_that_does_not_tag_stops_the_run() {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let empty = target.join("wasm32-wasip1/wasm/empty_filter.wasm");
+    let empty = bench::run::default_empty_wasm();
     assert!(
         empty.is_file(),
         "{} missing: run `make bench-deps`",

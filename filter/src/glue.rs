@@ -31,11 +31,12 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}
 
-// The per-request host calls, declared as the SDK declares them. The SDK's
-// own wrappers panic on any status they do not expect (Envoy answers
-// BadArgument when a header map is not available), and a panic kills the VM;
-// these map every failure to "nothing" instead, and allocate nothing
-// themselves.
+// The per-request host calls. The SDK's own wrappers panic on any status
+// they do not expect (Envoy answers BadArgument when a header map is not
+// available), and a panic kills the VM; these map every failure to "nothing"
+// instead, and allocate nothing themselves. The status comes back as a plain
+// u32 (the same i32 in wasm as the SDK's `Status`): a code the enum lacks
+// must not be undefined behaviour.
 #[link(wasm_import_module = "env")]
 unsafe extern "C" {
     fn proxy_get_property(
@@ -43,31 +44,34 @@ unsafe extern "C" {
         path_size: usize,
         return_value_data: *mut *mut u8,
         return_value_size: *mut usize,
-    ) -> Status;
+    ) -> u32;
     fn proxy_get_header_map_value(
         map_type: MapType,
         key_data: *const u8,
         key_size: usize,
         return_value_data: *mut *mut u8,
         return_value_size: *mut usize,
-    ) -> Status;
+    ) -> u32;
     fn proxy_replace_header_map_value(
         map_type: MapType,
         key_data: *const u8,
         key_size: usize,
         value_data: *const u8,
         value_size: usize,
-    ) -> Status;
+    ) -> u32;
     fn proxy_remove_header_map_value(
         map_type: MapType,
         key_data: *const u8,
         key_size: usize,
-    ) -> Status;
+    ) -> u32;
 }
 
+/// The ABI's `Ok`.
+const STATUS_OK: u32 = Status::Ok as u32;
+
 /// Takes ownership of a buffer the host returned with `status`.
-fn host_buffer(status: Status, data: *mut u8, size: usize) -> Option<Vec<u8>> {
-    if !matches!(status, Status::Ok) || data.is_null() {
+fn host_buffer(status: u32, data: *mut u8, size: usize) -> Option<Vec<u8>> {
+    if status != STATUS_OK || data.is_null() {
         return None;
     }
     // SAFETY: on Ok the host allocated `size` bytes through the SDK's

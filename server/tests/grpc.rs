@@ -96,7 +96,9 @@ async fn request_count_is_per_connection() {
 #[tokio::test]
 async fn health_reports_serving_then_not_serving_while_draining() {
     let mut config = server::Config::local("p");
-    config.drain_grace = Duration::from_millis(800);
+    // Generous margins for a slow CI machine: the grace must outlast the
+    // NOT_SERVING and /healthz checks, the call must outlast the grace.
+    config.drain_grace = Duration::from_secs(2);
     let mut server = start(config).await;
     let channel = server.channel().await;
     let mut health = HealthClient::new(channel.clone());
@@ -114,7 +116,7 @@ async fn health_reports_serving_then_not_serving_while_draining() {
 
     // A call in flight across the whole drain must still complete.
     let mut pod = PodClient::new(channel.clone());
-    let in_flight = tokio::spawn(async move { pod.get_info(InfoRequest { delay_ms: 2500 }).await });
+    let in_flight = tokio::spawn(async move { pod.get_info(InfoRequest { delay_ms: 5000 }).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     server.stop.take().unwrap().send(()).unwrap();
 
