@@ -140,12 +140,38 @@ fn cores() -> anyhow::Result<Cores> {
     })
 }
 
+/// What `program arg` prints (a version line), or "" if it fails or takes
+/// longer than a few seconds: the report's header must not hang the run.
 fn command_line(program: &Path, arg: &str) -> String {
-    Command::new(program)
+    use std::io::Read as _;
+    let Ok(mut child) = Command::new(program)
         .arg(arg)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    else {
+        return String::new();
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return String::new();
+            }
+        }
+    }
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        let _ = stdout.read_to_string(&mut out);
+    }
+    out.trim().to_owned()
 }
 
 fn machine(tools: &Tools, cores: &Cores) -> Machine {
