@@ -129,34 +129,44 @@ pub fn churn(
     let next = Arc::new(AtomicU64::new(0));
     let tagged = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
+    // Each connection has its own 10 s limit; the whole run one too, far above
+    // a normal run (100,000 connections take about 30 s here).
+    let overall = Duration::from_secs(120) + Duration::from_millis(connections.saturating_mul(5));
     let result: anyhow::Result<()> = runtime()?.block_on(async {
-        let mut tasks = Vec::new();
-        for _ in 0..parallel.max(1) {
-            let (next, tagged, done, body) =
-                (next.clone(), tagged.clone(), done.clone(), body.clone());
-            let (path, tag_header) = (path.to_owned(), tag_header.to_owned());
-            tasks.push(tokio::spawn(async move {
-                while next.fetch_add(1, Ordering::Relaxed) < connections {
-                    let answers =
-                        tokio::time::timeout(Duration::from_secs(10), calls(addr, &path, &body, 1))
-                            .await
-                            .context("a churn connection got no answer within 10s")??;
-                    let answer = &answers[0];
-                    if answer.status != 200 {
-                        bail!("churn request answered HTTP {}", answer.status);
+        let run = async {
+            let mut tasks = Vec::new();
+            for _ in 0..parallel.max(1) {
+                let (next, tagged, done, body) =
+                    (next.clone(), tagged.clone(), done.clone(), body.clone());
+                let (path, tag_header) = (path.to_owned(), tag_header.to_owned());
+                tasks.push(tokio::spawn(async move {
+                    while next.fetch_add(1, Ordering::Relaxed) < connections {
+                        let answers = tokio::time::timeout(
+                            Duration::from_secs(10),
+                            calls(addr, &path, &body, 1),
+                        )
+                        .await
+                        .context("a churn connection got no answer within 10s")??;
+                        let answer = &answers[0];
+                        if answer.status != 200 {
+                            bail!("churn request answered HTTP {}", answer.status);
+                        }
+                        if answer.headers.contains_key(tag_header.as_str()) {
+                            tagged.fetch_add(1, Ordering::Relaxed);
+                        }
+                        done.fetch_add(1, Ordering::Relaxed);
                     }
-                    if answer.headers.contains_key(tag_header.as_str()) {
-                        tagged.fetch_add(1, Ordering::Relaxed);
-                    }
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-                anyhow::Ok(())
-            }));
-        }
-        for task in tasks {
-            task.await??;
-        }
-        Ok(())
+                    anyhow::Ok(())
+                }));
+            }
+            for task in tasks {
+                task.await??;
+            }
+            Ok(())
+        };
+        tokio::time::timeout(overall, run)
+            .await
+            .with_context(|| format!("the churn did not finish within {overall:?}"))?
     });
     let outcome = Churn {
         connections: done.load(Ordering::Relaxed),
