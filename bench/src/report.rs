@@ -67,11 +67,14 @@ pub struct ProxyRow {
     pub cpu_us_per_request_median: f64,
     /// Median over rounds of (this CPU µs/request − no filter's, same round).
     pub added_cpu_us: f64,
+    /// Unloaded p50 and p99 of each round.
     pub p50_us: Vec<u64>,
     pub p99_us: Vec<u64>,
-    pub p50_us_median: f64,
-    pub p99_us_median: f64,
-    /// Like `added_cpu_us`, for the unloaded p50 and p99.
+    /// Over every round's requests together.
+    pub p50_us_pooled: f64,
+    pub p99_us_pooled: f64,
+    /// Pooled percentile minus no filter's pooled percentile (the rounds
+    /// alternate, so both pools span the same stretch of time).
     pub added_p50_us: f64,
     pub added_p99_us: f64,
     pub rss_bytes: u64,
@@ -272,7 +275,8 @@ impl Report {
             "### Envoy, one worker (`--concurrency 1`), `direct_response`, gRPC-shaped POSTs\n\n\
              {} rounds alternating the configurations; per round and configuration: {} ms warm-up, \
              {} ms under load (`h2load -c {} -m {}`), {} ms unloaded (`-c 1 -m 1`). Medians over rounds; \
-             ratios are per-round ratios to no filter (same round), then the median.\n\n",
+             ratios and added CPU are per-round comparisons to no filter (same round), then the median; \
+             p50/p99 are over every round's unloaded requests together.\n\n",
             s.rounds, s.warmup_ms, s.duration_ms, s.clients, s.streams, s.latency_duration_ms
         ));
         out.push_str("| configuration | req/s | × no filter | Envoy CPU µs/req | added µs/req | p50 µs | p99 µs | added p50 / p99 µs | Envoy RSS MiB | module |\n");
@@ -290,8 +294,8 @@ impl Report {
                 } else {
                     format!("{:+.1}", r.added_cpu_us)
                 },
-                r.p50_us_median,
-                r.p99_us_median,
+                r.p50_us_pooled,
+                r.p99_us_pooled,
                 if base {
                     "—".to_owned()
                 } else {

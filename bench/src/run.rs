@@ -281,8 +281,8 @@ impl Bench<'_> {
         })
     }
 
-    /// One connection, one request in flight: (p50, p99) in µs.
-    fn unloaded(&self, url: &str, body: &Path, name: &str) -> anyhow::Result<(u64, u64)> {
+    /// One connection, one request in flight: every request's time in µs.
+    fn unloaded(&self, url: &str, body: &Path, name: &str) -> anyhow::Result<Vec<u64>> {
         let log = self.dir.join(format!("{name}.requests.tsv"));
         let _ = std::fs::remove_file(&log);
         let output = self.dir.join(format!("{name}.latency.h2load.txt"));
@@ -298,12 +298,7 @@ impl Bench<'_> {
         .run()?;
         let text = std::fs::read_to_string(&log)
             .with_context(|| format!("cannot read {}", log.display()))?;
-        let durations =
-            h2load::parse_request_log(&text).with_context(|| log.display().to_string())?;
-        Ok((
-            h2load::percentile(&durations, 50.0),
-            h2load::percentile(&durations, 99.0),
-        ))
+        h2load::parse_request_log(&text).with_context(|| log.display().to_string())
     }
 }
 
@@ -458,6 +453,9 @@ fn proxy_phase(
     let n = Variant::ALL.len();
     let mut loaded: Vec<Vec<Loaded>> = (0..n).map(|_| Vec::new()).collect();
     let mut latency: Vec<Vec<(u64, u64)>> = vec![Vec::new(); n];
+    // Every round's request times, pooled per configuration: a p99 from one
+    // 2 s run is a handful of requests; from all rounds it is steady.
+    let mut pooled: Vec<Vec<u64>> = vec![Vec::new(); n];
     for round in 0..opts.rounds {
         // Rotate the order each round so no configuration always runs first.
         for k in 0..n {
@@ -466,7 +464,12 @@ fn proxy_phase(
             let url = format!("http://{}{}", envoy.listener, grpc::GET_INFO_PATH);
             let name = format!("r{}-{}", round + 1, variant.key());
             let l = bench.loaded(envoy.pid(), &url, body, &name)?;
-            let (p50, p99) = bench.unloaded(&url, body, &name)?;
+            let times = bench.unloaded(&url, body, &name)?;
+            let (p50, p99) = (
+                h2load::percentile(&times, 50.0),
+                h2load::percentile(&times, 99.0),
+            );
+            pooled[i].extend(times);
             progress(&format!(
                 "round {}/{}: {:<34} {:>9.0} req/s  {:>5.1} µs CPU/req  p50 {p50} µs  p99 {p99} µs",
                 round + 1,
@@ -496,16 +499,7 @@ fn proxy_phase(
             .map(|l| l.cpu_us_per_request)
             .collect::<Vec<_>>()
     };
-    let ps = |i: usize, which: fn(&(u64, u64)) -> u64| {
-        latency[i]
-            .iter()
-            .map(|l| which(l) as f64)
-            .collect::<Vec<_>>()
-    };
-    let p = |i: usize, which: fn(&(u64, u64)) -> u64| median(&ps(i, which));
-    // "Added" columns pair each round with no filter's same round.
-    let added =
-        |i: usize, which: fn(&(u64, u64)) -> u64| median_difference(&ps(i, which), &ps(0, which));
+    let pooled_p = |i: usize, p: f64| h2load::percentile(&pooled[i], p) as f64;
     let base_rps = rps(0);
     let mut rows = Vec::new();
     for (i, (variant, envoy)) in Variant::ALL.iter().zip(&envoys).enumerate() {
@@ -525,10 +519,10 @@ fn proxy_phase(
             added_cpu_us: median_difference(&cpus(i), &cpus(0)),
             p50_us: latency[i].iter().map(|l| l.0).collect(),
             p99_us: latency[i].iter().map(|l| l.1).collect(),
-            p50_us_median: p(i, |l| l.0),
-            p99_us_median: p(i, |l| l.1),
-            added_p50_us: added(i, |l| l.0),
-            added_p99_us: added(i, |l| l.1),
+            p50_us_pooled: pooled_p(i, 50.0),
+            p99_us_pooled: pooled_p(i, 99.0),
+            added_p50_us: pooled_p(i, 50.0) - pooled_p(0, 50.0),
+            added_p99_us: pooled_p(i, 99.0) - pooled_p(0, 99.0),
             rss_bytes: envoy.rss_bytes()?,
             module_bytes: module,
         });
@@ -979,8 +973,8 @@ mod tests {
             added_cpu_us: added_cpu,
             p50_us: vec![100],
             p99_us: vec![200],
-            p50_us_median: 100.0 + added_p50,
-            p99_us_median: 200.0 + added_p99,
+            p50_us_pooled: 100.0 + added_p50,
+            p99_us_pooled: 200.0 + added_p99,
             added_p50_us: added_p50,
             added_p99_us: added_p99,
             rss_bytes: 1,

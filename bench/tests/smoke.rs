@@ -90,7 +90,7 @@ fn quick_run_reports_every_configuration() {
             "{row:?}"
         );
         assert!(
-            row.p50_us_median > 0.0 && row.p99_us_median >= row.p50_us_median,
+            row.p50_us_pooled > 0.0 && row.p99_us_pooled >= row.p50_us_pooled,
             "{row:?}"
         );
         let is_wasm = row.key == "empty-wasm" || row.key == "upstream-tagger";
