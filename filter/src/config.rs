@@ -98,10 +98,22 @@ impl fmt::Display for ConfigError {
         match &self.field {
             // An unknown name is the user's text: escaped and cut, so the
             // error stays one readable log line whatever it holds.
+            // (ASCII-only escaping by hand: `escape_debug` pulls Unicode
+            // tables into the module, 3 KB for an error path.)
             Some(field) => {
-                let shown: String = field.chars().take(MAX_SHOWN_NAME).collect();
-                let cut = if shown.len() < field.len() { "…" } else { "" };
-                write!(f, "field `{}{cut}`: {}", shown.escape_debug(), self.message)
+                f.write_str("field `")?;
+                for (i, c) in field.chars().enumerate() {
+                    if i == MAX_SHOWN_NAME {
+                        f.write_str("…")?;
+                        break;
+                    }
+                    if c.is_ascii_graphic() && c != '`' && c != '\\' {
+                        write!(f, "{c}")?;
+                    } else {
+                        write!(f, "\\u{{{:x}}}", c as u32)?;
+                    }
+                }
+                write!(f, "`: {}", self.message)
             }
             None => f.write_str(&self.message),
         }
@@ -567,7 +579,7 @@ mod tests {
         let e = err("{\"a\\nb\\u0007\":1}");
         assert!(
             e.to_string()
-                .starts_with("field `a\\nb\\u{7}`: unknown field"),
+                .starts_with("field `a\\u{a}b\\u{7}`: unknown field"),
             "{e}"
         );
         let long = format!("{{\"{}\":1}}", "x".repeat(5000));
