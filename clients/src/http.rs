@@ -247,8 +247,12 @@ impl HttpCaller {
         let body = match Limited::new(body, MAX_BODY).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(e) => {
-                return Call::error("IO", format!("reading the response body: {e}"))
-                    .with_tags(tags);
+                let why = if e.is::<http_body_util::LengthLimitError>() {
+                    format!("response body over {} KiB: not a pod name", MAX_BODY / 1024)
+                } else {
+                    format!("reading the response body: {e}")
+                };
+                return Call::error("IO", why).with_tags(tags);
             }
         };
         let local = conn.local;
