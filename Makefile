@@ -46,7 +46,7 @@ release: ## release binaries (server, client-grpc, client-http, mesh)
 
 test: setup bench-deps test-rust test-manifests ## everything CI runs
 
-test-rust: setup wasm venv bench-deps
+test-rust: setup wasm venv bench-deps ## the Rust tests only (unit, in-Envoy, mesh scenarios, bench smoke)
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
