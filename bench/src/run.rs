@@ -485,21 +485,22 @@ fn proxy_phase(
     envoy_errors(&envoys)?;
 
     let rps = |i: usize| loaded[i].iter().map(|l| l.req_per_sec).collect::<Vec<_>>();
-    let cpu = |i: usize| {
-        median(
-            &loaded[i]
-                .iter()
-                .map(|l| l.cpu_us_per_request)
-                .collect::<Vec<_>>(),
-        )
-    };
     let cpus = |i: usize| {
         loaded[i]
             .iter()
             .map(|l| l.cpu_us_per_request)
             .collect::<Vec<_>>()
     };
-    let pooled_p = |i: usize, p: f64| h2load::percentile(&pooled[i], p) as f64;
+    // (p50, p99) of each configuration's pooled requests, computed once.
+    let pooled_p: Vec<(f64, f64)> = pooled
+        .iter()
+        .map(|times| {
+            (
+                h2load::percentile(times, 50.0) as f64,
+                h2load::percentile(times, 99.0) as f64,
+            )
+        })
+        .collect();
     let base_rps = rps(0);
     let mut rows = Vec::new();
     for (i, (variant, envoy)) in Variant::ALL.iter().zip(&envoys).enumerate() {
@@ -514,15 +515,15 @@ fn proxy_phase(
             req_per_sec: rps(i),
             req_per_sec_median: median(&rps(i)),
             ratio_vs_no_filter: median_ratio(&rps(i), &base_rps),
-            cpu_us_per_request: loaded[i].iter().map(|l| l.cpu_us_per_request).collect(),
-            cpu_us_per_request_median: cpu(i),
+            cpu_us_per_request: cpus(i),
+            cpu_us_per_request_median: median(&cpus(i)),
             added_cpu_us: median_difference(&cpus(i), &cpus(0)),
             p50_us: latency[i].iter().map(|l| l.0).collect(),
             p99_us: latency[i].iter().map(|l| l.1).collect(),
-            p50_us_pooled: pooled_p(i, 50.0),
-            p99_us_pooled: pooled_p(i, 99.0),
-            added_p50_us: pooled_p(i, 50.0) - pooled_p(0, 50.0),
-            added_p99_us: pooled_p(i, 99.0) - pooled_p(0, 99.0),
+            p50_us_pooled: pooled_p[i].0,
+            p99_us_pooled: pooled_p[i].1,
+            added_p50_us: pooled_p[i].0 - pooled_p[0].0,
+            added_p99_us: pooled_p[i].1 - pooled_p[0].1,
             rss_bytes: envoy.rss_bytes()?,
             module_bytes: module,
         });
