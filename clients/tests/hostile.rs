@@ -36,11 +36,17 @@ async fn peer(reply: &'static [u8]) -> SocketAddr {
     addr
 }
 
-fn assert_every_call_failed(out: &common::Output, calls: usize) {
+/// Runs `bin` with `target` (its address flags) for three calls and checks
+/// that each failed on its own line, the summary counts them, and the exit
+/// is 1 without a panic.
+async fn every_call_fails(name: &str, bin: &str, target: &[&str]) -> common::Output {
+    let mut args = target.to_vec();
+    args.extend(["--count", "3", "--interval", "10ms", "--timeout", "2s"]);
+    let out = run_client(name, bin, &args).await;
     let lines = out.calls();
     assert_eq!(
         lines.len(),
-        calls,
+        3,
         "stdout:\n{}\nstderr:\n{}",
         out.stdout,
         out.stderr
@@ -52,39 +58,24 @@ fn assert_every_call_failed(out: &common::Output, calls: usize) {
     }
     assert!(
         out.last_summary()
-            .starts_with(&format!("--- summary: {calls} calls, 0 ok, {calls} errors")),
+            .starts_with("--- summary: 3 calls, 0 ok, 3 errors"),
         "{}",
         out.stdout
     );
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    out
 }
 
 const GARBAGE: &[u8] = b"\x00\xff\x13garbage that is neither HTTP/1.1 nor HTTP/2\r\n\r\n";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn grpc_client_survives_garbage_and_closed_connections() {
-    for (name, reply) in [("grpc-garbage", GARBAGE), ("grpc-closed", &b""[..])] {
+    for (name, reply) in [("garbage", GARBAGE), ("closed", &b""[..])] {
         let addr = peer(reply).await.to_string();
         for mode in ["reuse", "per-call"] {
-            let out = run_client(
-                name,
-                CLIENT_GRPC,
-                &[
-                    "--host",
-                    &addr,
-                    "--mode",
-                    mode,
-                    "--count",
-                    "3",
-                    "--interval",
-                    "10ms",
-                    "--timeout",
-                    "2s",
-                ],
-            )
-            .await;
-            assert_every_call_failed(&out, 3);
+            let target = ["--host", &addr, "--mode", mode];
+            every_call_fails(&format!("grpc-{name}-{mode}"), CLIENT_GRPC, &target).await;
         }
     }
 }
@@ -92,37 +83,14 @@ async fn grpc_client_survives_garbage_and_closed_connections() {
 #[tokio::test(flavor = "multi_thread")]
 async fn http_client_survives_garbage_closed_connections_and_huge_bodies() {
     // 1 MiB promised and sent: far past the client's 64 KiB limit.
-    static HUGE: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
-        let mut reply =
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 1048576\r\n\r\n"
-                .to_vec();
-        reply.resize(reply.len() + 1_048_576, b'x');
-        reply
-    });
-    let huge: &'static [u8] = HUGE.as_slice();
-    for (name, reply) in [
-        ("http-garbage", GARBAGE),
-        ("http-closed", &b""[..]),
-        ("http-huge", huge),
-    ] {
+    let mut huge =
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 1048576\r\n\r\n".to_vec();
+    huge.resize(huge.len() + 1_048_576, b'x');
+    let huge: &'static [u8] = huge.leak();
+    for (name, reply) in [("garbage", GARBAGE), ("closed", &b""[..]), ("huge", huge)] {
         let url = format!("http://{}/pod", peer(reply).await);
-        let out = run_client(
-            name,
-            CLIENT_HTTP,
-            &[
-                "--url",
-                &url,
-                "--count",
-                "3",
-                "--interval",
-                "10ms",
-                "--timeout",
-                "2s",
-            ],
-        )
-        .await;
-        assert_every_call_failed(&out, 3);
-        if name == "http-huge" {
+        let out = every_call_fails(&format!("http-{name}"), CLIENT_HTTP, &["--url", &url]).await;
+        if name == "huge" {
             assert!(
                 out.calls()[0].contains("over 64 KiB"),
                 "the limit is named: {}",

@@ -87,6 +87,20 @@ async fn http1(
     sender
 }
 
+/// `GET /pod` on `conn` with `headers` added.
+async fn get_pod(
+    conn: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    headers: &[(&str, &str)],
+) -> hyper::Response<hyper::body::Incoming> {
+    let mut request = Request::get("/pod").header("host", "x");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    conn.send_request(request.body(Empty::new()).unwrap())
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn real_server_counts_requests_per_connection_and_echoes() {
     let server = server::Server::bind(server::Config::local("server-abc"))
@@ -101,15 +115,7 @@ async fn real_server_counts_requests_per_connection_and_echoes() {
     let mut conn = http1(addr).await;
     let mut counts = Vec::new();
     for _ in 0..3 {
-        let response = conn
-            .send_request(
-                Request::get("/pod")
-                    .header("host", "x")
-                    .body(Empty::new())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
+        let response = get_pod(&mut conn, &[]).await;
         counts.push(
             response.headers()[proto::SERVER_CONNECTION_REQUESTS_HEADER]
                 .to_str()
@@ -124,31 +130,18 @@ async fn real_server_counts_requests_per_connection_and_echoes() {
     // Echoing a framing header would desynchronize the connection (and trip
     // hyper's length assertion): refused with 400, and the same keep-alive
     // connection still answers correctly afterwards.
-    let refused = conn
-        .send_request(
-            Request::get("/pod")
-                .header("host", "x")
-                .header(proto::ECHO_RESPONSE_HEADER, "content-length=1")
-                .body(Empty::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let refused = get_pod(
+        &mut conn,
+        &[(proto::ECHO_RESPONSE_HEADER, "content-length=1")],
+    )
+    .await;
     assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
     let message = refused.into_body().collect().await.unwrap().to_bytes();
     assert!(
         String::from_utf8_lossy(&message).contains("transport owns"),
         "{message:?}"
     );
-    let after = conn
-        .send_request(
-            Request::get("/pod")
-                .header("host", "x")
-                .body(Empty::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let after = get_pod(&mut conn, &[]).await;
     assert_eq!(after.status(), StatusCode::OK);
     let body = after.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"server-abc");
