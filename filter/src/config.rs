@@ -228,22 +228,6 @@ impl Config {
     }
 }
 
-/// Headers the filter must never overwrite: they carry HTTP/2 or gRPC
-/// framing, and replacing one breaks every call.
-const RESERVED_HEADERS: &[&str] = &[
-    "connection",
-    "content-length",
-    "content-type",
-    "grpc-encoding",
-    "grpc-message",
-    "grpc-status",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
 /// A header name the filter may set: an HTTP token, lowercase (HTTP/2 forbids
 /// uppercase), not reserved, and not a gRPC binary header (`-bin` values must
 /// be base64, ours are plain text).
@@ -262,7 +246,7 @@ pub fn check_header_name(name: &str) -> Result<(), String> {
             "not a valid header name (character {shown}; use lowercase letters, digits and -)"
         ));
     }
-    if RESERVED_HEADERS.contains(&name) {
+    if crate::headers::is_transport_owned(name) {
         return Err(format!("{name} is reserved for HTTP/gRPC framing"));
     }
     if name.ends_with("-bin") {
@@ -469,6 +453,16 @@ mod tests {
             (
                 r#"{"connection_id_header":"grpc-status"}"#,
                 Some("connection_id_header"),
+                "reserved",
+            ),
+            (
+                r#"{"pod_header":"grpc-pod"}"#,
+                Some("pod_header"),
+                "reserved",
+            ),
+            (
+                r#"{"connection_requests_header":"host"}"#,
+                Some("connection_requests_header"),
                 "reserved",
             ),
             (

@@ -1,24 +1,8 @@
 //! The `x-echo-response-header: name=value` feature, shared by gRPC and HTTP.
 
-/// Headers the transport owns: echoing one would desynchronize HTTP/1.1
-/// framing (hyper asserts on a wrong `content-length`), break HTTP/2 (which
-/// forbids connection-specific headers) or forge gRPC status. Refused.
-const RESERVED: [&str; 11] = [
-    "connection",
-    "content-length",
-    "content-type",
-    "host",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "date",
-];
-
 /// Split one `name=value` header value; the name must be a valid lowercase
-/// header name the transport does not own (not `grpc-*` nor [`RESERVED`]).
+/// header name the transport does not own
+/// ([`upstream_tagger::headers::is_transport_owned`]).
 /// Errors are user-facing messages.
 pub fn parse_echo_header(raw: &[u8]) -> Result<(&str, &str), String> {
     let text = std::str::from_utf8(raw)
@@ -40,7 +24,7 @@ pub fn parse_echo_header(raw: &[u8]) -> Result<(&str, &str), String> {
             proto::ECHO_RESPONSE_HEADER
         ));
     }
-    if RESERVED.contains(&name) || name.starts_with("grpc-") {
+    if upstream_tagger::headers::is_transport_owned(name) {
         return Err(format!(
             "{} names {name:?}: a header the transport owns cannot be echoed",
             proto::ECHO_RESPONSE_HEADER
@@ -65,6 +49,7 @@ mod tests {
             b"te=trailers",
             b"grpc-status=0",
             b"content-type=text/plain",
+            b"host=elsewhere",
         ];
         for bad in [&b"x-a"[..], b"=b", b"X-A=b", b"x a=b", b"\xff=b"]
             .into_iter()
