@@ -1,9 +1,12 @@
 //! The Envoy configurations under test. All share one listener shaped like
-//! the server sidecar's inbound one (h2c HCM, node metadata `NAME`) whose
-//! only route is a `direct_response`: no upstream, so what is measured is
-//! Envoy plus the filter and nothing else.
+//! the server sidecar's inbound one (h2c HCM, node metadata `NAME`). Most
+//! answer with a `direct_response`: no upstream, so what is measured is Envoy
+//! plus the filter and nothing else, the harshest case. The two "sidecar"
+//! configurations route to the real echo server instead, as a server pod's
+//! sidecar does: a request body, a response body and trailers, so every
+//! callback the filter exports can fire.
 
-use std::path::Path;
+use std::{net::SocketAddr, path::Path};
 
 use mesh::wasm_plugin::WasmPluginSpec;
 use serde_json::{Value, json};
@@ -19,17 +22,47 @@ pub enum Variant {
     EmptyWasm,
     UpstreamTagger,
     Lua,
+    /// Inbound sidecar in front of the echo server, no filter.
+    SidecarNoFilter,
+    /// Inbound sidecar in front of the echo server, with upstream-tagger.
+    SidecarTagger,
 }
 
 impl Variant {
-    /// Table order.
-    pub const ALL: [Variant; 5] = [
+    /// Table order (and the order of the first round).
+    pub const ALL: [Variant; 7] = [
         Variant::NoFilter,
         Variant::HeaderMutation,
         Variant::EmptyWasm,
         Variant::UpstreamTagger,
         Variant::Lua,
+        Variant::SidecarNoFilter,
+        Variant::SidecarTagger,
     ];
+
+    /// What this configuration is compared with (ratio, added CPU, latency).
+    pub fn baseline(self) -> Variant {
+        if self.is_sidecar() {
+            Variant::SidecarNoFilter
+        } else {
+            Variant::NoFilter
+        }
+    }
+
+    /// Routes to the echo server rather than answering itself.
+    pub fn is_sidecar(self) -> bool {
+        matches!(self, Variant::SidecarNoFilter | Variant::SidecarTagger)
+    }
+
+    /// The filter configuration it runs: a sidecar row runs the same
+    /// filters as its `direct_response` twin.
+    pub fn filters(self) -> Variant {
+        match self {
+            Variant::SidecarNoFilter => Variant::NoFilter,
+            Variant::SidecarTagger => Variant::UpstreamTagger,
+            other => other,
+        }
+    }
 
     /// Stable name (JSON, file names).
     pub fn key(self) -> &'static str {
@@ -39,6 +72,8 @@ impl Variant {
             Variant::EmptyWasm => "empty-wasm",
             Variant::UpstreamTagger => "upstream-tagger",
             Variant::Lua => "lua",
+            Variant::SidecarNoFilter => "sidecar-no-filter",
+            Variant::SidecarTagger => "sidecar-upstream-tagger",
         }
     }
 
@@ -50,11 +85,14 @@ impl Variant {
             Variant::EmptyWasm => "empty proxy-wasm filter (floor)",
             Variant::UpstreamTagger => "upstream-tagger (default config)",
             Variant::Lua => "Lua equivalent",
+            Variant::SidecarNoFilter => "no filter, sidecar → echo server",
+            Variant::SidecarTagger => "upstream-tagger, sidecar → echo server",
         }
     }
 }
 
 /// What the configurations are built from.
+#[derive(Clone, Copy)]
 pub struct Inputs<'a> {
     /// The pod name the sidecar's node metadata carries.
     pub pod: &'a str,
@@ -65,6 +103,8 @@ pub struct Inputs<'a> {
     /// upstream-tagger's effective `max_tracked_connections`; the Lua table
     /// is bounded by the same number.
     pub cap: u32,
+    /// The echo server the sidecar configurations route to.
+    pub echo: Option<SocketAddr>,
 }
 
 /// The Lua filter doing upstream-tagger's job with what Envoy's Lua API
@@ -128,7 +168,7 @@ fn overwrite(key: &str, value: &str) -> Value {
 
 /// The HTTP filters before the router for `variant`.
 pub fn http_filters(variant: Variant, inputs: &Inputs) -> Vec<Value> {
-    match variant {
+    match variant.filters() {
         Variant::NoFilter => vec![],
         // Native C++: the pod and the connection id (a formatter); Envoy has
         // no per-connection request count to offer.
@@ -163,6 +203,9 @@ pub fn http_filters(variant: Variant, inputs: &Inputs) -> Vec<Value> {
                 "default_source_code": {"inline_string": lua_script(inputs.pod, inputs.cap)},
             },
         })],
+        Variant::SidecarNoFilter | Variant::SidecarTagger => {
+            unreachable!("filters() maps sidecars")
+        }
     }
 }
 
@@ -170,10 +213,50 @@ fn loopback(port: u16) -> Value {
     json!({"socket_address": {"address": "127.0.0.1", "port_value": port}})
 }
 
+/// The cluster a sidecar configuration routes to: the app's gRPC port over
+/// h2c, as istiod's `inbound|30051||` cluster is.
+const INBOUND_CLUSTER: &str = "inbound|30051||";
+
+/// The route and the clusters of `variant`: a `direct_response` shaped like a
+/// gRPC trailers-only OK, or the echo server behind a sidecar.
+fn route_and_clusters(variant: Variant, inputs: &Inputs) -> (Value, Vec<Value>) {
+    let Some(echo) = inputs.echo.filter(|_| variant.is_sidecar()) else {
+        let answer = json!({"match": {"prefix": "/"}, "direct_response": {"status": 200}});
+        return (answer, vec![]);
+    };
+    let route =
+        json!({"match": {"prefix": "/"}, "route": {"cluster": INBOUND_CLUSTER, "timeout": "0s"}});
+    let cluster = json!({
+        "name": INBOUND_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "10s",
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }},
+        "load_assignment": {"cluster_name": INBOUND_CLUSTER, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {
+                "address": echo.ip().to_string(), "port_value": echo.port(),
+            }}}},
+        ]}]},
+    });
+    (route, vec![cluster])
+}
+
 /// The whole bootstrap: admin and listener on ephemeral ports (read back
-/// from the admin API), the route a `direct_response` shaped like a gRPC
-/// trailers-only OK.
+/// from the admin API); see [`route_and_clusters`] for what answers.
 pub fn bootstrap(variant: Variant, inputs: &Inputs) -> Value {
+    let (route, clusters) = route_and_clusters(variant, inputs);
+    // A direct_response carries no gRPC headers of its own: add them. The
+    // echo server sends its own.
+    let response_headers: Vec<Value> = if variant.is_sidecar() {
+        vec![]
+    } else {
+        vec![
+            json!({"header": {"key": "content-type", "value": "application/grpc"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}),
+            json!({"header": {"key": "grpc-status", "value": "0"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}),
+        ]
+    };
     let mut http_filters = http_filters(variant, inputs);
     http_filters.push(json!({
         "name": "envoy.filters.http.router",
@@ -187,7 +270,7 @@ pub fn bootstrap(variant: Variant, inputs: &Inputs) -> Value {
             "metadata": {"NAME": pod, "NAMESPACE": "default"},
         },
         "admin": {"address": loopback(0)},
-        "static_resources": {"listeners": [{
+        "static_resources": {"clusters": clusters, "listeners": [{
             "name": "virtualInbound",
             "address": loopback(0),
             "filter_chains": [{"filters": [{
@@ -202,12 +285,9 @@ pub fn bootstrap(variant: Variant, inputs: &Inputs) -> Value {
                         "virtual_hosts": [{
                             "name": "bench",
                             "domains": ["*"],
-                            "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}],
+                            "routes": [route],
                         }],
-                        "response_headers_to_add": [
-                            {"header": {"key": "content-type", "value": "application/grpc"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
-                            {"header": {"key": "grpc-status", "value": "0"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
-                        ],
+                        "response_headers_to_add": response_headers,
                     },
                     "http_filters": http_filters,
                 },
@@ -233,6 +313,7 @@ mod tests {
             tagger_wasm: Path::new("/x/upstream_tagger.wasm"),
             empty_wasm: Path::new("/x/empty_filter.wasm"),
             cap: 10_000,
+            echo: Some("127.0.0.1:30051".parse().unwrap()),
         };
         let expected = [
             (Variant::NoFilter, vec![]),
@@ -253,6 +334,13 @@ mod tests {
                 ],
             ),
             (Variant::Lua, vec!["envoy.filters.http.lua"]),
+            (Variant::SidecarNoFilter, vec![]),
+            (
+                Variant::SidecarTagger,
+                vec![
+                    "extensions.istio.io/trafficextension/default.upstream-tagger~istio-translated-wasmplugin",
+                ],
+            ),
         ];
         for (variant, names) in expected {
             let config = bootstrap(variant, &inputs);
@@ -271,6 +359,20 @@ mod tests {
                 config.pointer("/node/metadata/NAME"),
                 Some(&json!("server-abc-12345"))
             );
+            let route = config
+                .pointer("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/route_config/virtual_hosts/0/routes/0")
+                .unwrap();
+            let clusters = config["static_resources"]["clusters"].as_array().unwrap();
+            if variant.is_sidecar() {
+                assert_eq!(route["route"]["cluster"], INBOUND_CLUSTER, "{variant:?}");
+                assert_eq!(
+                    clusters[0].pointer("/load_assignment/endpoints/0/lb_endpoints/0/endpoint/address/socket_address/port_value"),
+                    Some(&json!(30051))
+                );
+            } else {
+                assert!(route.get("direct_response").is_some(), "{variant:?}");
+                assert!(clusters.is_empty(), "{variant:?}");
+            }
         }
     }
 
@@ -283,6 +385,7 @@ mod tests {
             tagger_wasm: Path::new("/x/upstream_tagger.wasm"),
             empty_wasm: Path::new("/x/empty_filter.wasm"),
             cap: 10_000,
+            echo: Some("127.0.0.1:30051".parse().unwrap()),
         };
         let tagger = &http_filters(Variant::UpstreamTagger, &inputs)[0]["typed_config"]["config"];
         assert_eq!(tagger["root_id"], "upstream-tagger");

@@ -1,6 +1,7 @@
 //! The report: data (JSON) and its Markdown rendering, goals of issue 6
 //! judged against what was measured.
 
+use crate::configs::Variant;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -61,7 +62,10 @@ pub struct ProxyRow {
     /// Per round, in the order measured.
     pub req_per_sec: Vec<f64>,
     pub req_per_sec_median: f64,
-    /// Median over rounds of (this / no filter, same round).
+    /// The row this one is compared with: `no-filter` for the
+    /// `direct_response` rows, `sidecar-no-filter` for the sidecar rows.
+    pub baseline: String,
+    /// Median over rounds of (this / its baseline, same round).
     pub ratio_vs_no_filter: f64,
     pub cpu_us_per_request: Vec<f64>,
     pub cpu_us_per_request_median: f64,
@@ -124,6 +128,43 @@ pub struct Goal {
     pub target: String,
     pub measured: String,
     pub verdict: Verdict,
+}
+
+/// One table of proxy rows; the first row of each is its baseline.
+fn proxy_table(rows: &[&ProxyRow]) -> String {
+    let mut out = String::new();
+    out.push_str("| configuration | req/s | × no filter | Envoy CPU µs/req | added µs/req | p50 µs | p99 µs | added p50 / p99 µs | Envoy RSS MiB | module |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in rows {
+        let base = r.key == r.baseline;
+        out.push_str(&format!(
+            "| {} | {} | {:.2} | {:.1} | {} | {:.0} | {:.0} | {} | {} | {} |\n",
+            r.label,
+            thousands(r.req_per_sec_median),
+            r.ratio_vs_no_filter,
+            r.cpu_us_per_request_median,
+            if base {
+                "—".to_owned()
+            } else {
+                format!("{:+.1}", r.added_cpu_us)
+            },
+            r.p50_us_pooled,
+            r.p99_us_pooled,
+            if base {
+                "—".to_owned()
+            } else {
+                format!("{:+.0} / {:+.0}", r.added_p50_us, r.added_p99_us)
+            },
+            mib(r.rss_bytes),
+            r.module_bytes.map_or("—".to_owned(), |b| format!(
+                "{} B ({:.1} KiB)",
+                thousands(b as f64),
+                b as f64 / 1024.0
+            )),
+        ));
+    }
+
+    out
 }
 
 pub fn median(values: &[f64]) -> f64 {
@@ -279,37 +320,26 @@ impl Report {
              p50/p99 are over every round's unloaded requests together.\n\n",
             s.rounds, s.warmup_ms, s.duration_ms, s.clients, s.streams, s.latency_duration_ms
         ));
-        out.push_str("| configuration | req/s | × no filter | Envoy CPU µs/req | added µs/req | p50 µs | p99 µs | added p50 / p99 µs | Envoy RSS MiB | module |\n");
-        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-        for (i, r) in self.proxy.iter().enumerate() {
-            let base = i == 0;
+        let (direct, sidecar): (Vec<&ProxyRow>, Vec<&ProxyRow>) = self
+            .proxy
+            .iter()
+            .partition(|r| r.baseline != Variant::SidecarNoFilter.key());
+        out.push_str(&proxy_table(&direct));
+        if !sidecar.is_empty() {
             out.push_str(&format!(
-                "| {} | {} | {:.2} | {:.1} | {} | {:.0} | {:.0} | {} | {} | {} |\n",
-                r.label,
-                thousands(r.req_per_sec_median),
-                r.ratio_vs_no_filter,
-                r.cpu_us_per_request_median,
-                if base {
-                    "—".to_owned()
-                } else {
-                    format!("{:+.1}", r.added_cpu_us)
-                },
-                r.p50_us_pooled,
-                r.p99_us_pooled,
-                if base {
-                    "—".to_owned()
-                } else {
-                    format!("{:+.0} / {:+.0}", r.added_p50_us, r.added_p99_us)
-                },
-                mib(r.rss_bytes),
-                r.module_bytes.map_or("—".to_owned(), |b| format!(
-                    "{} B ({:.1} KiB)",
-                    thousands(b as f64),
-                    b as f64 / 1024.0
-                )),
+                "\n### Envoy as the server's inbound sidecar, in front of the real echo server\n\n\
+                 The same rounds, alternating with the rows above: the route forwards to the echo \
+                 server (release build) over h2c, so each call has a request body, a response body \
+                 and trailers, as in a pod. Cores: Envoy and the echo server share CPU {} (a pod's \
+                 sidecar and app share its CPU), h2load runs on CPU {}. The ratio, added CPU \
+                 (Envoy's only) and added latency are against the sidecar without a filter.\n\n",
+                m.server_cpu
+                    .map_or("(unpinned)".to_owned(), |c| c.to_string()),
+                m.load_cpu
+                    .map_or("(unpinned)".to_owned(), |c| c.to_string()),
             ));
+            out.push_str(&proxy_table(&sidecar));
         }
-
         out.push_str(&format!(
             "\n### Echo server vs stock tonic hello-world (one core each, `h2load -c {} -m {}`, {} rounds)\n\n",
             s.clients, s.streams, s.rounds

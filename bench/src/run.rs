@@ -322,7 +322,10 @@ fn verify(variant: Variant, envoy: &Envoy, pod: &str, body: &[u8]) -> anyhow::Re
         )
     };
     let (t1, t2, t3) = (tags(first), tags(second), tags(&other));
-    if matches!(variant, Variant::EmptyWasm | Variant::UpstreamTagger) {
+    if matches!(
+        variant.filters(),
+        Variant::EmptyWasm | Variant::UpstreamTagger
+    ) {
         // A module that failed to load, open-failing, would look like no
         // filter at all: the floor must be a V8 VM that really runs.
         let active = envoy.stat(V8_ACTIVE_STAT)?;
@@ -332,7 +335,7 @@ fn verify(variant: Variant, envoy: &Envoy, pod: &str, body: &[u8]) -> anyhow::Re
             context()
         );
     }
-    match variant {
+    match variant.filters() {
         Variant::NoFilter | Variant::EmptyWasm => {
             for t in [&t1, &t2, &t3] {
                 ensure!(
@@ -361,7 +364,7 @@ fn verify(variant: Variant, envoy: &Envoy, pod: &str, body: &[u8]) -> anyhow::Re
                 t2.1,
                 t3.1
             );
-            if variant == Variant::HeaderMutation {
+            if variant.filters() == Variant::HeaderMutation {
                 // Envoy has no per-connection request count to offer.
                 return Ok(());
             }
@@ -372,8 +375,40 @@ fn verify(variant: Variant, envoy: &Envoy, pod: &str, body: &[u8]) -> anyhow::Re
                 context()
             );
         }
+        Variant::SidecarNoFilter | Variant::SidecarTagger => {
+            unreachable!("filters() maps sidecars")
+        }
+    }
+    if variant.is_sidecar() {
+        // The real echo server answered, through the sidecar.
+        ensure!(
+            first.grpc_status.as_deref() == Some("0"),
+            "{}grpc-status {:?} (is the echo server answering?)",
+            context(),
+            first.grpc_status
+        );
     }
     Ok(())
+}
+
+/// The echo server the sidecar configurations route to, pinned to the
+/// servers' CPU: in a pod, the app and its sidecar share the pod's CPU.
+fn start_echo_server(bench: &Bench, pod: &str, name: &str) -> anyhow::Result<(Proc, SocketAddr)> {
+    let [grpc_addr, http_addr] = free_addrs()?;
+    let mut command = pinned(&bench.tools.server, bench.cores.server);
+    command
+        .arg("--grpc-addr")
+        .arg(grpc_addr.to_string())
+        .arg("--http-addr")
+        .arg(http_addr.to_string())
+        .arg("--pod-name")
+        .arg(pod)
+        // Start-up lines only: logging is not what is compared.
+        .env("RUST_LOG", "warn");
+    let mut echo = Proc::spawn(name, command, &bench.dir.join(format!("{name}.log")))?;
+    runtime::wait_listening(&mut echo, grpc_addr, Duration::from_secs(20))?;
+    verify_server(name, grpc_addr, grpc::GET_INFO_PATH, &grpc::get_info_body())?;
+    Ok((echo, grpc_addr))
 }
 
 fn verify_server(name: &str, addr: SocketAddr, path: &str, body: &[u8]) -> anyhow::Result<()> {
@@ -439,6 +474,11 @@ fn proxy_phase(
     pod: &str,
 ) -> anyhow::Result<Vec<ProxyRow>> {
     let opts = bench.opts;
+    let (_echo, echo_addr) = start_echo_server(bench, pod, "sidecar-app")?;
+    let inputs = &Inputs {
+        echo: Some(echo_addr),
+        ..*inputs
+    };
     progress(&format!(
         "starting {} Envoys (one per configuration)",
         Variant::ALL.len()
@@ -501,29 +541,34 @@ fn proxy_phase(
             )
         })
         .collect();
-    let base_rps = rps(0);
     let mut rows = Vec::new();
     for (i, (variant, envoy)) in Variant::ALL.iter().zip(&envoys).enumerate() {
-        let module = match variant {
+        let module = match variant.filters() {
             Variant::EmptyWasm => Some(std::fs::metadata(&bench.tools.empty_wasm)?.len()),
             Variant::UpstreamTagger => Some(std::fs::metadata(&bench.tools.tagger_wasm)?.len()),
             _ => None,
         };
+        // Each row against its own baseline, measured in the same rounds.
+        let base = Variant::ALL
+            .iter()
+            .position(|v| *v == variant.baseline())
+            .expect("every baseline is a configuration");
         rows.push(ProxyRow {
             key: variant.key().into(),
             label: variant.label().into(),
             req_per_sec: rps(i),
             req_per_sec_median: median(&rps(i)),
-            ratio_vs_no_filter: median_ratio(&rps(i), &base_rps),
+            baseline: variant.baseline().key().into(),
+            ratio_vs_no_filter: median_ratio(&rps(i), &rps(base)),
             cpu_us_per_request: cpus(i),
             cpu_us_per_request_median: median(&cpus(i)),
-            added_cpu_us: median_difference(&cpus(i), &cpus(0)),
+            added_cpu_us: median_difference(&cpus(i), &cpus(base)),
             p50_us: latency[i].iter().map(|l| l.0).collect(),
             p99_us: latency[i].iter().map(|l| l.1).collect(),
             p50_us_pooled: pooled_p[i].0,
             p99_us_pooled: pooled_p[i].1,
-            added_p50_us: pooled_p[i].0 - pooled_p[0].0,
-            added_p99_us: pooled_p[i].1 - pooled_p[0].1,
+            added_p50_us: pooled_p[i].0 - pooled_p[base].0,
+            added_p99_us: pooled_p[i].1 - pooled_p[base].1,
             rss_bytes: envoy.rss_bytes()?,
             module_bytes: module,
         });
@@ -899,6 +944,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
         tagger_wasm: &tools.tagger_wasm,
         empty_wasm: &tools.empty_wasm,
         cap: config.max_tracked_connections,
+        echo: None,
     };
     let body = write_body(&dir, "getinfo.bin", &grpc::get_info_body())?;
 
@@ -966,6 +1012,7 @@ mod tests {
         ProxyRow {
             key: key.into(),
             label: key.into(),
+            baseline: "no-filter".into(),
             req_per_sec: vec![rps],
             req_per_sec_median: rps,
             ratio_vs_no_filter: ratio,

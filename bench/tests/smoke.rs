@@ -93,10 +93,24 @@ fn quick_run_reports_every_configuration() {
             row.p50_us_pooled > 0.0 && row.p99_us_pooled >= row.p50_us_pooled,
             "{row:?}"
         );
-        let is_wasm = row.key == "empty-wasm" || row.key == "upstream-tagger";
+        let is_wasm = ["empty-wasm", "upstream-tagger", "sidecar-upstream-tagger"]
+            .contains(&row.key.as_str());
         assert_eq!(row.module_bytes.is_some(), is_wasm, "{}", row.key);
     }
     assert_eq!(report.proxy[0].ratio_vs_no_filter, 1.0);
+    // The real-path rows: behind the echo server, against their own baseline.
+    let sidecar = report.proxy_row("sidecar-no-filter").unwrap();
+    let tagged = report.proxy_row("sidecar-upstream-tagger").unwrap();
+    assert_eq!(
+        (sidecar.ratio_vs_no_filter, tagged.baseline.as_str()),
+        (1.0, "sidecar-no-filter")
+    );
+    assert!(
+        markdown.contains(
+            "### Envoy as the server's inbound sidecar, in front of the real echo server"
+        ) && markdown.contains("share CPU"),
+        "the real-path table says how the cores were shared:\n{markdown}"
+    );
 
     let servers: Vec<&str> = report.servers.iter().map(|r| r.key.as_str()).collect();
     assert_eq!(servers, ["tonic-hello-world", "echo-server"]);
