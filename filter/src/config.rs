@@ -311,12 +311,24 @@ impl Visitor<'_> for WholeNumber {
     }
 }
 
+/// Longest header name accepted. HTTP sets no limit, but HTTP/2 peers cap
+/// the header block (a 20,000-character name was accepted, and then every
+/// call failed with an HTTP/2 protocol error); tags need a few dozen
+/// characters.
+pub const MAX_HEADER_NAME_LEN: usize = 256;
+
 /// A header name the filter may set: an HTTP token, lowercase (HTTP/2 forbids
 /// uppercase), not reserved, and not a gRPC binary header (`-bin` values must
 /// be base64, ours are plain text).
 pub fn check_header_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".to_owned());
+    }
+    if name.len() > MAX_HEADER_NAME_LEN {
+        return Err(format!(
+            "is {} bytes long, at most {MAX_HEADER_NAME_LEN} allowed",
+            name.len()
+        ));
     }
     if let Some(bad) = name.chars().find(|c| !is_lower_token_char(*c)) {
         // Never echo control characters into the log; name them by code.
@@ -710,6 +722,32 @@ mod tests {
         assert_eq!(err(&json).field.as_deref(), Some("pod_name"));
         let json = format!(r#"{{"pod_name":"{}"}}"#, "a".repeat(MAX_POD_NAME_LEN));
         assert!(Config::parse(json.as_bytes()).is_ok());
+    }
+
+    /// Issue 14: `{"pod_header": "x-" + 20,000 × "a"}` started the filter,
+    /// and every call through the sidecar then failed with an HTTP/2
+    /// protocol error.
+    #[test]
+    fn over_long_header_names_are_refused_naming_the_field() {
+        let long = format!("x-{}", "a".repeat(20_000));
+        for field in [
+            "pod_header",
+            "connection_id_header",
+            "connection_requests_header",
+        ] {
+            let e = err(&format!(r#"{{"{field}":"{long}"}}"#));
+            assert_eq!(e.field.as_deref(), Some(field), "{e}");
+            assert_eq!(
+                e.to_string(),
+                format!("field `{field}`: is 20002 bytes long, at most 256 allowed")
+            );
+        }
+        let longest = "x".repeat(MAX_HEADER_NAME_LEN);
+        let config = Config::parse(format!(r#"{{"pod_header":"{longest}"}}"#).as_bytes())
+            .expect("256 characters are allowed");
+        assert_eq!(config.pod_header, longest);
+        let e = err(&format!(r#"{{"pod_header":"{longest}x"}}"#));
+        assert_eq!(e.field.as_deref(), Some("pod_header"), "{e}");
     }
 
     /// Issue 14: 2^32, -1 and 16.5 were refused with "between 0 and

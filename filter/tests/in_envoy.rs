@@ -501,6 +501,12 @@ fn invalid_configs_are_refused_with_one_clear_line() {
             "field `max_tracked_connections`: invalid value: floating point `16.5`, \
              expected a whole number between 1 and 1000000",
         ),
+        // Issue 14: this name was accepted, and every call through the
+        // sidecar then failed with an HTTP/2 protocol error.
+        (
+            format!(r#"{{"pod_header":"x-{}"}}"#, "a".repeat(20_000)),
+            "field `pod_header`: is 20002 bytes long, at most 256 allowed",
+        ),
         (
             r#"{"pod_header":"X-Pod"}"#.to_owned(),
             "field `pod_header`: not a valid header name (character 'X'",
