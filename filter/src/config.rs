@@ -1,17 +1,19 @@
 //! `pluginConfig` parsing and validation.
 //!
 //! Istio hands the WasmPlugin's `pluginConfig` to `on_configure` as compact
-//! JSON (0 bytes when unset). Every problem is reported as one
-//! [`ConfigError`] naming the offending field, because the only place a user
-//! sees it is one line in the sidecar's log.
-//!
-//! Unknown fields, duplicates and wrong types are refused (the equivalent of
-//! serde's `deny_unknown_fields`), with the field name in the message.
+//! JSON (0 bytes when unset). It is deserialized by serde into [`Config`]:
+//! unknown fields and duplicates are refused, and each field's deserializer
+//! checks its type and value, so a bad value is refused by the field that
+//! holds it. Every problem is reported as one [`ConfigError`] naming that
+//! field, because the only place a user sees it is one line in the sidecar's
+//! log.
 
 use std::fmt;
 
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Unexpected, Visitor};
+
 use crate::headers;
-use crate::json::{self, Value};
 
 /// Default for [`Config::max_tracked_connections`].
 pub const DEFAULT_MAX_TRACKED_CONNECTIONS: u32 = 10_000;
@@ -23,23 +25,31 @@ pub const MAX_TRACKED_CONNECTIONS_LIMIT: u32 = 1_000_000;
 /// hour is rare, and its count is not reset under the user's feet.
 pub const DEFAULT_IDLE_TIMEOUT_SECONDS: u32 = 3600;
 
-/// The effective filter configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The effective filter configuration. Field names are the JSON names; the
+/// `deserialize_with` functions are where values are checked.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Explicit pod name; `None` = discover it (node metadata, then env).
+    #[serde(deserialize_with = "pod_name")]
     pub pod_name: Option<String>,
     /// Response header carrying the pod name.
+    #[serde(deserialize_with = "header_name")]
     pub pod_header: String,
     /// Response header carrying the downstream connection id.
+    #[serde(deserialize_with = "header_name")]
     pub connection_id_header: String,
     /// Response header carrying the 1-based request index on the connection.
+    #[serde(deserialize_with = "header_name")]
     pub connection_requests_header: String,
     /// Tag every HTTP response, not only gRPC ones.
     pub tag_all_http: bool,
     /// Cap on connections tracked per VM (per Envoy worker).
+    #[serde(deserialize_with = "max_tracked_connections")]
     pub max_tracked_connections: u32,
     /// Forget a connection after this many seconds without requests;
     /// 0 disables idle eviction (the cap still bounds memory).
+    #[serde(deserialize_with = "idle_timeout_seconds")]
     pub idle_timeout_seconds: u32,
 }
 
@@ -88,35 +98,97 @@ impl ConfigError {
             message: message.into(),
         }
     }
+
+    fn document(err: &serde_json::Error) -> Self {
+        ConfigError {
+            field: None,
+            message: format!("invalid JSON: {err}"),
+        }
+    }
+
+    /// Attributes a serde error to the top-level field it arose in.
+    fn from_serde(err: serde_path_to_error::Error<serde_json::Error>) -> Self {
+        let field = match err.path().iter().next() {
+            Some(serde_path_to_error::Segment::Map { key }) => Some(key.clone()),
+            _ => None,
+        };
+        let err = err.into_inner();
+        match field {
+            // Syntax and truncation are the document's fault, wherever the
+            // parser stopped.
+            _ if err.classify() != serde_json::error::Category::Data => ConfigError::document(&err),
+            // `deny_unknown_fields` refuses a key before its value is read,
+            // so a key we do not know is always that refusal. serde's own
+            // message repeats the key unescaped and unbounded: ours lists
+            // the known fields instead (the key is shown, cut, by Display).
+            Some(field) if !FIELDS.contains(&field.as_str()) => {
+                ConfigError::field(&field, format!("unknown field (known: {KNOWN_FIELDS})"))
+            }
+            Some(field) => {
+                // The field locates the problem; serde_json's position only
+                // says where parsing stopped.
+                let mut message = err.to_string();
+                let at = format!(" at line {} column {}", err.line(), err.column());
+                if message.ends_with(&at) {
+                    message.truncate(message.len() - at.len());
+                }
+                ConfigError::field(&field, message)
+            }
+            // A duplicate field: serde refuses it at the object, naming it in
+            // the message.
+            None => ConfigError {
+                field: None,
+                message: err.to_string(),
+            },
+        }
+    }
 }
 
 /// Longest field name an error repeats.
 const MAX_SHOWN_NAME: usize = 64;
+/// Longest message shown whole; longer ones lose their middle, which is
+/// where serde quotes the offending value (`invalid type: string "…",
+/// expected a boolean`), so both what is wrong and what is expected stay.
+const MAX_SHOWN_MESSAGE: usize = 200;
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.field {
+        if let Some(field) = &self.field {
             // An unknown name is the user's text: escaped and cut, so the
             // error stays one readable log line whatever it holds.
             // (ASCII-only escaping by hand: `escape_debug` pulls Unicode
             // tables into the module, 3 KB for an error path.)
-            Some(field) => {
-                f.write_str("field `")?;
-                for (i, c) in field.chars().enumerate() {
-                    if i == MAX_SHOWN_NAME {
-                        f.write_str("…")?;
-                        break;
-                    }
-                    if c.is_ascii_graphic() && c != '`' && c != '\\' {
-                        write!(f, "{c}")?;
-                    } else {
-                        write!(f, "\\u{{{:x}}}", c as u32)?;
-                    }
+            f.write_str("field `")?;
+            for (i, c) in field.chars().enumerate() {
+                if i == MAX_SHOWN_NAME {
+                    f.write_str("…")?;
+                    break;
                 }
-                write!(f, "`: {}", self.message)
+                if c.is_ascii_graphic() && c != '`' && c != '\\' {
+                    write!(f, "{c}")?;
+                } else {
+                    write!(f, "\\u{{{:x}}}", c as u32)?;
+                }
             }
-            None => f.write_str(&self.message),
+            f.write_str("`: ")?;
         }
+        // Messages quote values only escaped (serde uses `{:?}`); control
+        // characters are escaped again here so that no future message can
+        // split the log line.
+        let len = self.message.chars().count();
+        let half = MAX_SHOWN_MESSAGE / 2;
+        for (i, c) in self.message.chars().enumerate() {
+            if len > MAX_SHOWN_MESSAGE && i >= half && i < len - half {
+                if i == half {
+                    f.write_str("…")?;
+                }
+            } else if c.is_control() {
+                write!(f, "\\u{{{:x}}}", c as u32)?;
+            } else {
+                write!(f, "{c}")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -129,73 +201,25 @@ impl Config {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Config::default());
         }
-        let members = json::parse_object(bytes).map_err(|err| ConfigError {
-            field: None,
-            message: err.to_string(),
-        })?;
-        let mut config = Config::default();
-        let mut seen = [false; FIELDS.len()];
-        for (key, value) in members {
-            let Some(index) = FIELDS.iter().position(|f| *f == key) else {
-                return Err(ConfigError::field(
-                    &key,
-                    format!("unknown field (known: {KNOWN_FIELDS})"),
-                ));
-            };
-            let field = FIELDS[index];
-            if std::mem::replace(&mut seen[index], true) {
-                return Err(ConfigError::field(field, "appears twice"));
-            }
-            let wrong = |expected: &str| {
-                ConfigError::field(field, format!("expected {expected}, got {}", value.kind()))
-            };
-            match (field, &value) {
-                ("pod_name", Value::Null) => config.pod_name = None,
-                ("pod_name", Value::String(s)) => config.pod_name = Some(s.clone()),
-                ("pod_name", _) => return Err(wrong("a string")),
-                ("tag_all_http", Value::Bool(b)) => config.tag_all_http = *b,
-                ("tag_all_http", _) => return Err(wrong("true or false")),
-                ("max_tracked_connections" | "idle_timeout_seconds", Value::Number(n)) => {
-                    let n = json::whole_u64(n)
-                        .and_then(|n| u32::try_from(n).ok())
-                        .ok_or_else(|| {
-                            ConfigError::field(
-                                field,
-                                format!(
-                                    "expected a whole number between 0 and {}, got {n}",
-                                    u32::MAX
-                                ),
-                            )
-                        })?;
-                    if field == "max_tracked_connections" {
-                        config.max_tracked_connections = n;
-                    } else {
-                        config.idle_timeout_seconds = n;
-                    }
-                }
-                ("max_tracked_connections" | "idle_timeout_seconds", _) => {
-                    return Err(wrong("a whole number"));
-                }
-                (_, Value::String(s)) => {
-                    let slot = match field {
-                        "pod_header" => &mut config.pod_header,
-                        "connection_id_header" => &mut config.connection_id_header,
-                        _ => &mut config.connection_requests_header,
-                    };
-                    slot.clone_from(s);
-                }
-                _ => return Err(wrong("a string")),
-            }
+        // serde's derived structs also accept a JSON array (fields by
+        // position): `["x-pod"]` must not be a config.
+        if bytes.trim_ascii_start().first() != Some(&b'{') {
+            return Err(ConfigError {
+                field: None,
+                message: "invalid JSON: expected an object `{...}` of upstream-tagger settings"
+                    .to_owned(),
+            });
         }
-        config.validate()?;
+        let mut json = serde_json::Deserializer::from_slice(bytes);
+        let config: Config =
+            serde_path_to_error::deserialize(&mut json).map_err(ConfigError::from_serde)?;
+        json.end().map_err(|err| ConfigError::document(&err))?;
+        config.check_distinct_headers()?;
         Ok(config)
     }
 
-    /// Checks the values the JSON types cannot express.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(pod) = &self.pod_name {
-            check_pod_name(pod).map_err(|why| ConfigError::field("pod_name", why))?;
-        }
+    /// The one check that spans fields: each tag needs its own header.
+    fn check_distinct_headers(&self) -> Result<(), ConfigError> {
         let header_fields = [
             ("pod_header", &self.pod_header),
             ("connection_id_header", &self.connection_id_header),
@@ -205,7 +229,6 @@ impl Config {
             ),
         ];
         for (i, (field, name)) in header_fields.iter().enumerate() {
-            check_header_name(name).map_err(|why| ConfigError::field(field, why))?;
             if let Some((other, _)) = header_fields[..i].iter().find(|(_, n)| n == name) {
                 return Err(ConfigError::field(
                     field,
@@ -213,20 +236,86 @@ impl Config {
                 ));
             }
         }
-        if self.max_tracked_connections == 0
-            || self.max_tracked_connections > MAX_TRACKED_CONNECTIONS_LIMIT
-        {
-            return Err(ConfigError::field(
-                "max_tracked_connections",
-                format!(
-                    "must be between 1 and {MAX_TRACKED_CONNECTIONS_LIMIT}, got {}",
-                    self.max_tracked_connections
-                ),
-            ));
-        }
         Ok(())
     }
 }
+
+// The fields' deserializers: a wrong type is refused by serde ("invalid
+// type: ..., expected ..."), a wrong value by the check named below.
+
+fn header_name<'de, D: Deserializer<'de>>(de: D) -> Result<String, D::Error> {
+    let name = String::deserialize(de)?;
+    check_header_name(&name).map_err(de::Error::custom)?;
+    Ok(name)
+}
+
+fn pod_name<'de, D: Deserializer<'de>>(de: D) -> Result<Option<String>, D::Error> {
+    let pod = Option::<String>::deserialize(de)?;
+    if let Some(pod) = &pod {
+        check_pod_name(pod).map_err(de::Error::custom)?;
+    }
+    Ok(pod)
+}
+
+fn max_tracked_connections<'de, D: Deserializer<'de>>(de: D) -> Result<u32, D::Error> {
+    de.deserialize_any(WholeNumber {
+        min: 1,
+        max: MAX_TRACKED_CONNECTIONS_LIMIT,
+    })
+}
+
+fn idle_timeout_seconds<'de, D: Deserializer<'de>>(de: D) -> Result<u32, D::Error> {
+    de.deserialize_any(WholeNumber {
+        min: 0,
+        max: u32::MAX,
+    })
+}
+
+/// A whole number in `min..=max`. Anything else (too big for any integer
+/// type, negative, fractional, not a number) gets the same message, which
+/// states the real range.
+struct WholeNumber {
+    min: u32,
+    max: u32,
+}
+
+impl Visitor<'_> for WholeNumber {
+    type Value = u32;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a whole number between {} and {}", self.min, self.max)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<u32, E> {
+        match u32::try_from(v) {
+            Ok(n) if (self.min..=self.max).contains(&n) => Ok(n),
+            _ => Err(E::invalid_value(Unexpected::Unsigned(v), &self)),
+        }
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<u32, E> {
+        match u64::try_from(v) {
+            Ok(v) => self.visit_u64(v),
+            Err(_) => Err(E::invalid_value(Unexpected::Signed(v), &self)),
+        }
+    }
+
+    /// Istio carries `pluginConfig` as a protobuf Struct, whose numbers are
+    /// doubles: `16.0` is 16.
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<u32, E> {
+        if v.fract() == 0.0 && v >= f64::from(self.min) && v <= f64::from(self.max) {
+            Ok(v as u32)
+        } else {
+            Err(E::invalid_value(Unexpected::Float(v), &self))
+        }
+    }
+}
+
+/// Longest header name accepted. HTTP sets no limit, but HTTP/2 peers cap
+/// the header block (a 20,000-character name was accepted, and then every
+/// call failed with an HTTP/2 protocol error); tags need a few dozen
+/// characters.
+pub const MAX_HEADER_NAME_LEN: usize = 256;
 
 /// A header name the filter may set: an HTTP token, lowercase (HTTP/2 forbids
 /// uppercase), not reserved, and not a gRPC binary header (`-bin` values must
@@ -234,6 +323,12 @@ impl Config {
 pub fn check_header_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".to_owned());
+    }
+    if name.len() > MAX_HEADER_NAME_LEN {
+        return Err(format!(
+            "is {} bytes long, at most {MAX_HEADER_NAME_LEN} allowed",
+            name.len()
+        ));
     }
     if let Some(bad) = name.chars().find(|c| !is_lower_token_char(*c)) {
         // Never echo control characters into the log; name them by code.
@@ -418,17 +513,17 @@ mod tests {
             (
                 r#"{"tag_all_http":"yes"}"#,
                 Some("tag_all_http"),
-                "expected true or false, got a string",
+                "invalid type: string \"yes\", expected a boolean",
             ),
             (
                 r#"{"tag_all_http":1}"#,
                 Some("tag_all_http"),
-                "got a number",
+                "invalid type: integer `1`, expected a boolean",
             ),
             (
                 r#"{"pod_header":5}"#,
                 Some("pod_header"),
-                "expected a string, got a number",
+                "invalid type: integer `5`, expected a string",
             ),
             (
                 r#"{"pod_header":""}"#,
@@ -476,34 +571,14 @@ mod tests {
                 "already used by `pod_header`",
             ),
             (
-                r#"{"max_tracked_connections":0}"#,
-                Some("max_tracked_connections"),
-                "between 1 and",
-            ),
-            (
-                r#"{"max_tracked_connections":2000000}"#,
-                Some("max_tracked_connections"),
-                "between 1 and",
-            ),
-            (
-                r#"{"max_tracked_connections":-1}"#,
-                Some("max_tracked_connections"),
-                "got -1",
-            ),
-            (
-                r#"{"max_tracked_connections":1.5}"#,
-                Some("max_tracked_connections"),
-                "whole number",
-            ),
-            (
-                r#"{"max_tracked_connections":"10"}"#,
-                Some("max_tracked_connections"),
-                "got a string",
-            ),
-            (
                 r#"{"idle_timeout_seconds":5000000000}"#,
                 Some("idle_timeout_seconds"),
-                "between 0 and 4294967295",
+                "invalid value: integer `5000000000`, expected a whole number between 0 and 4294967295",
+            ),
+            (
+                r#"{"idle_timeout_seconds":-5}"#,
+                Some("idle_timeout_seconds"),
+                "invalid value: integer `-5`",
             ),
             (r#"{"pod_name":""}"#, Some("pod_name"), "must not be empty"),
             (
@@ -517,18 +592,56 @@ mod tests {
                 "not a valid header value",
             ),
             (
-                r#"{"tag_all_http":true,"tag_all_http":false}"#,
-                Some("tag_all_http"),
-                "appears twice",
+                r#"{"pod_name":5}"#,
+                Some("pod_name"),
+                "invalid type: integer `5`, expected a string",
             ),
-            (r#"[]"#, None, "invalid JSON at byte 0: expected an object"),
+            // serde refuses duplicates at the object, naming the field in
+            // the message.
+            (
+                r#"{"tag_all_http":true,"tag_all_http":false}"#,
+                None,
+                "duplicate field `tag_all_http`",
+            ),
+            // serde's structs would also take an array (fields by position).
+            (r#"[]"#, None, "invalid JSON: expected an object"),
+            (r#"["x-pod"]"#, None, "invalid JSON: expected an object"),
+            (r#" "x""#, None, "invalid JSON: expected an object"),
             (
                 r#"{"pod_header":{"a":1}}"#,
                 Some("pod_header"),
-                "got an object",
+                "invalid type: map, expected a string",
             ),
-            (r#"{"tag_all_http":true"#, None, "invalid JSON at byte 20"),
-            (r#"{} {}"#, None, "expected end of input"),
+            (
+                r#"{"pod_header":["x"]}"#,
+                Some("pod_header"),
+                "invalid type: sequence, expected a string",
+            ),
+            (
+                r#"{"tag_all_http":true"#,
+                None,
+                "invalid JSON: EOF while parsing an object at line 1 column 20",
+            ),
+            (
+                r#"{"pod_header":"x-"#,
+                None,
+                "invalid JSON: EOF while parsing a string",
+            ),
+            (
+                r#"{} {}"#,
+                None,
+                "invalid JSON: trailing characters at line 1 column 4",
+            ),
+            (
+                r#"{"max_tracked_connections":1e999}"#,
+                None,
+                "invalid JSON: number out of range",
+            ),
+            (
+                "{\"pod_header\":\"x\u{1}\"}",
+                None,
+                "invalid JSON: control character",
+            ),
         ];
         for (json, field, fragment) in cases {
             let err = err(json);
@@ -556,6 +669,24 @@ mod tests {
         let e = err(r#"{"pod_name":"ab\ncd"}"#);
         assert!(e.message.contains("byte 2"), "{e}");
         assert!(!e.message.contains('\n'), "{e}");
+    }
+
+    /// [`FIELDS`] decides which keys are unknown in errors: it must be
+    /// exactly the struct's fields, which serde lists when it refuses one.
+    #[test]
+    fn fields_are_the_struct_fields() {
+        let serde_error = serde_json::from_str::<Config>(r#"{"?":1}"#)
+            .expect_err("unknown field accepted")
+            .to_string();
+        let listed = FIELDS
+            .iter()
+            .map(|f| format!("`{f}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        assert!(
+            serde_error.contains(&format!("expected one of {listed}")),
+            "{serde_error}"
+        );
     }
 
     #[test]
@@ -591,5 +722,100 @@ mod tests {
         assert_eq!(err(&json).field.as_deref(), Some("pod_name"));
         let json = format!(r#"{{"pod_name":"{}"}}"#, "a".repeat(MAX_POD_NAME_LEN));
         assert!(Config::parse(json.as_bytes()).is_ok());
+    }
+
+    /// Issue 14: `{"pod_header": "x-" + 20,000 × "a"}` started the filter,
+    /// and every call through the sidecar then failed with an HTTP/2
+    /// protocol error.
+    #[test]
+    fn over_long_header_names_are_refused_naming_the_field() {
+        let long = format!("x-{}", "a".repeat(20_000));
+        for field in [
+            "pod_header",
+            "connection_id_header",
+            "connection_requests_header",
+        ] {
+            let e = err(&format!(r#"{{"{field}":"{long}"}}"#));
+            assert_eq!(e.field.as_deref(), Some(field), "{e}");
+            assert_eq!(
+                e.to_string(),
+                format!("field `{field}`: is 20002 bytes long, at most 256 allowed")
+            );
+        }
+        let longest = "x".repeat(MAX_HEADER_NAME_LEN);
+        let config = Config::parse(format!(r#"{{"pod_header":"{longest}"}}"#).as_bytes())
+            .expect("256 characters are allowed");
+        assert_eq!(config.pod_header, longest);
+        let e = err(&format!(r#"{{"pod_header":"{longest}x"}}"#));
+        assert_eq!(e.field.as_deref(), Some("pod_header"), "{e}");
+    }
+
+    /// Issue 14: 2^32, -1 and 16.5 were refused with "between 0 and
+    /// 4294967295", the range of the type, not of the setting.
+    #[test]
+    fn out_of_range_max_tracked_connections_states_the_real_range() {
+        for (value, shown) in [
+            ("4294967296", "integer `4294967296`"),
+            ("-1", "integer `-1`"),
+            ("16.5", "floating point `16.5`"),
+            ("0", "integer `0`"),
+            ("1000001", "integer `1000001`"),
+            ("1e6.0", ""),
+            (
+                "18446744073709551616",
+                "floating point `1.8446744073709552e+19`",
+            ),
+            ("\"10\"", "string \"10\""),
+        ] {
+            let json = format!(r#"{{"max_tracked_connections":{value}}}"#);
+            if shown.is_empty() {
+                // Not a number at all: a syntax error, not a range one.
+                assert_eq!(err(&json).field, None);
+                continue;
+            }
+            let kind = if value.starts_with('"') {
+                "type"
+            } else {
+                "value"
+            };
+            assert_eq!(
+                err(&json).to_string(),
+                format!(
+                    "field `max_tracked_connections`: invalid {kind}: {shown}, \
+                     expected a whole number between 1 and 1000000"
+                ),
+                "{json}"
+            );
+        }
+        for (value, expected) in [("1", 1), ("1000000", 1_000_000), ("1e6", 1_000_000)] {
+            let json = format!(r#"{{"max_tracked_connections":{value}}}"#);
+            let config = Config::parse(json.as_bytes()).expect("in range");
+            assert_eq!(config.max_tracked_connections, expected, "{json}");
+        }
+    }
+
+    /// serde quotes a wrongly typed string whole; the line keeps what is
+    /// wrong and what was expected, and drops the middle.
+    #[test]
+    fn long_values_are_cut_in_the_middle_of_the_message() {
+        let json = format!(r#"{{"tag_all_http":"{}"}}"#, "a".repeat(20_000));
+        let line = err(&json).to_string();
+        assert!(
+            line.starts_with("field `tag_all_http`: invalid type: string \"aaa"),
+            "{line}"
+        );
+        assert!(line.ends_with("aaa\", expected a boolean"), "{line}");
+        assert!(line.contains('…'), "{line}");
+        assert!(line.len() < 300, "{} bytes", line.len());
+    }
+
+    #[test]
+    fn invalid_utf8_is_refused_as_invalid_json() {
+        let e = Config::parse(b"{\"pod_header\":\"a\xffb\"}").expect_err("accepted");
+        assert_eq!(e.field, None);
+        assert!(
+            e.message.starts_with("invalid JSON: invalid unicode"),
+            "{e}"
+        );
     }
 }

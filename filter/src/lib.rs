@@ -8,7 +8,6 @@
 pub mod config;
 pub mod decimal;
 pub mod headers;
-pub mod json;
 pub mod pod;
 pub mod state;
 pub mod table;

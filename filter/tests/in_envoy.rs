@@ -481,30 +481,53 @@ fn invalid_configs_are_refused_with_one_clear_line() {
     // (pluginConfig, what the error line must say)
     let cases = [
         (
-            r#"{"max_tracked_connections":0}"#,
-            "field `max_tracked_connections`: must be between 1 and 1000000, got 0",
+            r#"{"max_tracked_connections":0}"#.to_owned(),
+            "field `max_tracked_connections`: invalid value: integer `0`, \
+             expected a whole number between 1 and 1000000",
+        ),
+        // Issue 14: the range of the setting, not of u32, whatever is wrong.
+        (
+            r#"{"max_tracked_connections":4294967296}"#.to_owned(),
+            "field `max_tracked_connections`: invalid value: integer `4294967296`, \
+             expected a whole number between 1 and 1000000",
         ),
         (
-            r#"{"pod_header":"X-Pod"}"#,
+            r#"{"max_tracked_connections":-1}"#.to_owned(),
+            "field `max_tracked_connections`: invalid value: integer `-1`, \
+             expected a whole number between 1 and 1000000",
+        ),
+        (
+            r#"{"max_tracked_connections":16.5}"#.to_owned(),
+            "field `max_tracked_connections`: invalid value: floating point `16.5`, \
+             expected a whole number between 1 and 1000000",
+        ),
+        // Issue 14: this name was accepted, and every call through the
+        // sidecar then failed with an HTTP/2 protocol error.
+        (
+            format!(r#"{{"pod_header":"x-{}"}}"#, "a".repeat(20_000)),
+            "field `pod_header`: is 20002 bytes long, at most 256 allowed",
+        ),
+        (
+            r#"{"pod_header":"X-Pod"}"#.to_owned(),
             "field `pod_header`: not a valid header name (character 'X'",
         ),
         (
-            r#"{"tag_all_http":"yes"}"#,
-            "field `tag_all_http`: expected true or false, got a string",
+            r#"{"tag_all_http":"yes"}"#.to_owned(),
+            "field `tag_all_http`: invalid type: string \"yes\", expected a boolean",
         ),
         (
-            r#"{"podname":"x"}"#,
+            r#"{"podname":"x"}"#.to_owned(),
             "field `podname`: unknown field (known: pod_name, ",
         ),
         (
-            r#"{"tag_all_http":true"#,
-            "invalid JSON at byte 20: expected `,` or `}`",
+            r#"{"tag_all_http":true"#.to_owned(),
+            "invalid JSON: EOF while parsing an object at line 1 column 20",
         ),
     ];
     for (i, (config, expected)) in cases.iter().enumerate() {
         let sidecar = InboundSidecar::new(POD, "default")
             .port(InboundPort::grpc(app))
-            .wasm(upstream_tagger_plugin().raw_config(*config));
+            .wasm(upstream_tagger_plugin().raw_config(config));
         let err = Envoy::start(&format!("refused-{i}"), &sidecar.bootstrap())
             .expect_err("Envoy accepted a config the filter refuses");
         let harness::Error::EnvoyExited { log, .. } = &err else {
