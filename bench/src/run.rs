@@ -261,7 +261,7 @@ impl Bench<'_> {
             None,
             &warm_output,
         )
-        .run()?;
+        .warm_up()?;
         let output = self.dir.join(format!("{name}.h2load.txt"));
         let load = self.load(
             url,
@@ -892,15 +892,13 @@ pub fn goals(report: &Report) -> Vec<Goal> {
         }
     }
     if let Some(size) = tagger.module_bytes {
+        // Issue 13 traded issue 6's 128 KB for serde/serde_json: the module is
+        // fetched once per sidecar, a hand-written parser is reviewed by nobody.
         goals.push(Goal {
             goal: "module size".into(),
-            target: "≤ 128 KB (stretch 100 KB)".into(),
-            measured: format!(
-                "{} B (stretch {})",
-                report::thousands(size as f64),
-                if size <= 100_000 { "met" } else { "not met" }
-            ),
-            verdict: verdict(size <= 128_000),
+            target: "≤ 256 KB (serde; was 128 KB with a hand-written reader)".into(),
+            measured: format!("{} B", report::thousands(size as f64)),
+            verdict: verdict(size <= 256_000),
         });
     }
     if let Some(echo) = report.servers.iter().find(|s| s.key == "echo-server") {
@@ -1140,7 +1138,7 @@ mod tests {
         assert_eq!(verdict_of(&goals, "module size"), Verdict::Met);
         assert_eq!(verdict_of(&goals, "echo server"), Verdict::Met);
 
-        let goals = super::goals(&report(false, 60.0, 128_001, 100_000));
+        let goals = super::goals(&report(false, 60.0, 256_001, 100_000));
         assert_eq!(
             verdict_of(&goals, "throughput vs no filter"),
             Verdict::NotMet
@@ -1153,7 +1151,7 @@ mod tests {
         assert_eq!(
             verdict_of(&goals, "module size"),
             Verdict::NotMet,
-            "128 KB read as 128,000 B"
+            "256 KB read as 256,000 B"
         );
     }
 
