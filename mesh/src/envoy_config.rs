@@ -246,3 +246,50 @@ pub fn server_sidecar(
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hcm(config: &Value) -> &Value {
+        &config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    }
+
+    #[test]
+    fn inbound_http2_options_only_on_grpc_ports() {
+        let render = |protocol| {
+            server_sidecar(
+                "server-0",
+                "127.0.0.1:15000".parse().unwrap(),
+                "127.0.0.1:15006".parse().unwrap(),
+                "127.0.0.1:30051".parse().unwrap(),
+                protocol,
+                &ClusterPolicy::default(),
+                None,
+            )
+        };
+        let grpc = render(AppProtocol::Http2);
+        assert_eq!(hcm(&grpc)["http2_protocol_options"], json!({}));
+        let http = render(AppProtocol::Http1);
+        assert!(hcm(&http).get("http2_protocol_options").is_none());
+        let options = &http["static_resources"]["clusters"][0]["typed_extension_protocol_options"]
+            ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"];
+        assert!(options.get("http2_protocol_options").is_none(), "{options}");
+        for config in [&grpc, &http] {
+            assert_eq!(hcm(config)["stream_idle_timeout"], "0s");
+        }
+    }
+
+    #[test]
+    fn kube_proxy_stand_in_picks_at_random() {
+        let pod: SocketAddr = "127.0.0.2:30051".parse().unwrap();
+        let config = l4_service(
+            "127.0.0.1:15000".parse().unwrap(),
+            &[("127.0.0.1:30051".parse().unwrap(), vec![pod])],
+        );
+        assert_eq!(
+            config["static_resources"]["clusters"][0]["lb_policy"],
+            "RANDOM"
+        );
+    }
+}

@@ -6,12 +6,12 @@
 
 use serde_json::Value;
 
-use crate::destination_rule::{
-    self, ClusterPolicy, FieldError, Fields, TranslateError, translate_connection_pool,
+use crate::{
+    destination_rule::{
+        self, ClusterPolicy, FieldError, Fields, TranslateError, translate_connection_pool,
+    },
+    topology::SERVER_POD_LABELS,
 };
-
-/// The labels of the server pods (`istio/base/server.yaml`).
-pub const SERVER_POD_LABELS: [(&str, &str); 2] = [("app", "server"), ("version", "v1")];
 
 /// A translated Sidecar.
 #[derive(Clone, Debug)]

@@ -23,6 +23,10 @@ pub const HTTP_PORT: u16 = 8080;
 pub const SERVICE_HTTP_PORT: u16 = 80;
 pub const SIDECAR_INBOUND_PORT: u16 = 15006;
 pub const ENVOY_ADMIN_PORT: u16 = 15000;
+/// The pod template labels in `istio/base/` (server.yaml, client-grpc.yaml):
+/// what a WasmPlugin or Sidecar `selector` is matched against.
+pub const SERVER_POD_LABELS: [(&str, &str); 2] = [("app", "server"), ("version", "v1")];
+pub const CLIENT_POD_LABELS: [(&str, &str); 2] = [("app", "client-grpc"), ("version", "v1")];
 /// The Service's FQDN, as istiod names outbound clusters after it.
 pub const SERVICE_HOST: &str = "server.default.svc.cluster.local";
 

@@ -7,6 +7,8 @@ use serde_json::Value;
 
 use harness::render::{FailurePolicy, WasmPlugin};
 
+use crate::topology::{CLIENT_POD_LABELS, SERVER_POD_LABELS};
+
 /// What the sidecar's wasm filter is built from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WasmPluginSpec {
@@ -22,6 +24,9 @@ pub struct WasmPluginSpec {
     pub host_env_keys: Vec<String>,
     /// `vmConfig.env` with inline values.
     pub env_values: Vec<(String, String)>,
+    /// `selector.matchLabels`: the pods whose sidecars get the filter
+    /// (empty = every pod in the namespace).
+    pub match_labels: Vec<(String, String)>,
     /// `match[]`: the filter goes on a listener any of them selects.
     pub selectors: Vec<Selector>,
     pub warnings: Vec<String>,
@@ -66,9 +71,18 @@ impl Selector {
 }
 
 impl WasmPluginSpec {
-    /// Whether istiod puts the filter on `side`'s listener for `port`.
+    /// Whether istiod puts the filter on `side`'s listener for `port`: the
+    /// pod on that side is selected, and so is the listener.
     pub fn applies(&self, side: Side, port: u16) -> bool {
-        self.selectors.iter().any(|s| s.selects(side, port))
+        let pod_labels = match side {
+            Side::Client => CLIENT_POD_LABELS,
+            Side::Server => SERVER_POD_LABELS,
+        };
+        let pod_selected = self
+            .match_labels
+            .iter()
+            .all(|(k, v)| pod_labels.iter().any(|(pk, pv)| pk == k && pv == v));
+        pod_selected && self.selectors.iter().any(|s| s.selects(side, port))
     }
 
     /// The plugin as the sidecar holds it, with the module at `wasm_file`
@@ -195,6 +209,27 @@ pub fn parse(resource: &Value) -> Result<WasmPluginSpec, WasmPluginError> {
             "spec.type: {kind:?} is not translated by the local mesh (it loads HTTP filters only): refused rather than dropped"
         )));
     }
+    let mut match_labels = Vec::new();
+    if let Some(selector) = spec.get("selector") {
+        let selector = selector
+            .as_object()
+            .ok_or_else(|| fail("spec.selector: must be an object".into()))?;
+        for (key, labels) in selector {
+            if key != "matchLabels" {
+                return Err(fail(format!(
+                    "spec.selector.{key}: not translated by the local mesh: refused rather than dropped"
+                )));
+            }
+            for (label, value) in labels.as_object().into_iter().flatten() {
+                let value = value.as_str().ok_or_else(|| {
+                    fail(format!(
+                        "spec.selector.matchLabels.{label}: expected a string"
+                    ))
+                })?;
+                match_labels.push((label.clone(), value.to_owned()));
+            }
+        }
+    }
     for key in ["targetRef", "targetRefs"] {
         if spec.contains_key(key) {
             return Err(fail(format!(
@@ -233,6 +268,7 @@ pub fn parse(resource: &Value) -> Result<WasmPluginSpec, WasmPluginError> {
         failure_policy,
         host_env_keys,
         env_values,
+        match_labels,
         selectors,
         warnings,
     })
@@ -350,6 +386,16 @@ mod tests {
                 "{spec}"
             );
         }
+    }
+
+    #[test]
+    fn selector_picks_the_pods_whose_sidecars_load_it() {
+        let servers = plugin(json!({"selector": {"matchLabels": {"app": "server"}}})).unwrap();
+        assert!(servers.applies(Side::Server, 30051) && !servers.applies(Side::Client, 30051));
+        let nobody = plugin(json!({"selector": {"matchLabels": {"app": "reviews"}}})).unwrap();
+        assert!(!nobody.applies(Side::Server, 30051) && !nobody.applies(Side::Client, 30051));
+        let err = plugin(json!({"selector": {"matchExpressions": []}})).unwrap_err();
+        assert!(err.contains("spec.selector.matchExpressions"), "{err}");
     }
 
     #[test]

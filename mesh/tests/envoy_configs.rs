@@ -7,7 +7,7 @@ use mesh::{
     destination_rule::{ClusterPolicy, Direction},
     envoy_config, manifests,
     topology::{self, Addresses, Artifacts, Layout, Mesh, SidecarPolicies},
-    wasm_plugin::WasmPluginSpec,
+    wasm_plugin::{Side, WasmPluginSpec},
 };
 
 /// `envoy --mode validate` through the harness; panics with Envoy's words.
@@ -36,6 +36,20 @@ fn assert_sidecars_valid(name: &str, policies: &SidecarPolicies, plugin: &WasmPl
     let pods = topology::pod_names("server", 2, 1);
     let configs =
         topology::sidecar_configs(addrs, &pods, "client-0", policies, plugin, &artifacts.wasm);
+    // The wasm filter (before the router) exactly where the WasmPlugin selects.
+    let http_filters = |c: &serde_json::Value| {
+        c["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            ["http_filters"]
+            .as_array()
+            .map(Vec::len)
+    };
+    for (config, side) in [
+        (&configs.servers[0], Side::Server),
+        (&configs.client, Side::Client),
+    ] {
+        let want = 1 + usize::from(plugin.applies(side, 30051));
+        assert_eq!(http_filters(config), Some(want), "{name} {side:?}");
+    }
     assert_valid(&format!("mesh-server-{name}"), &configs.servers[0]);
     assert_valid(&format!("mesh-client-{name}"), &configs.client);
 }
@@ -50,13 +64,15 @@ fn every_rendered_config_passes_envoy_validate() {
         let (policies, _) = manifests::experiment(&istio, name).unwrap();
         assert_sidecars_valid(name, &policies, &plugin);
     }
-    // A WasmPlugin without `match` goes on the client sidecar too.
+    // A WasmPlugin without `match` or `selector` goes on the client sidecar too.
     let mut everywhere = plugin.clone();
-    everywhere.selectors = mesh::wasm_plugin::parse(&serde_json::json!({
+    let bare = mesh::wasm_plugin::parse(&serde_json::json!({
         "kind": "WasmPlugin", "metadata": {"name": "upstream-tagger"}, "spec": {}
     }))
-    .unwrap()
-    .selectors;
+    .unwrap();
+    everywhere.selectors = bare.selectors;
+    everywhere.match_labels = bare.match_labels;
+    assert!(everywhere.applies(Side::Client, 30051));
     assert_sidecars_valid("wasm-everywhere", &SidecarPolicies::default(), &everywhere);
     let l4 = envoy_config::l4_service(
         addr("127.0.0.1:15000"),
