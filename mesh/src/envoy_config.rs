@@ -118,7 +118,9 @@ pub fn client_sidecar(
         // ...and no cap on the client's own grpc-timeout.
         "max_grpc_timeout": "0s",
         "retry_policy": {
+            // Istio's default policy (`retry.go` DefaultPolicy), 503 included.
             "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+            "retriable_status_codes": [503],
             "num_retries": 2,
             "retry_host_predicate": [{
                 "name": "envoy.retry_host_predicates.previous_hosts",
@@ -278,6 +280,30 @@ mod tests {
         for config in [&grpc, &http] {
             assert_eq!(hcm(config)["stream_idle_timeout"], "0s");
         }
+    }
+
+    #[test]
+    fn outbound_route_is_istiods_default_route() {
+        let config = client_sidecar(
+            "client-0",
+            "127.0.0.1:15000".parse().unwrap(),
+            "127.0.0.1:30051".parse().unwrap(),
+            "server.default.svc.cluster.local",
+            30051,
+            &ClusterPolicy::default(),
+            &["127.0.0.2:15006".parse().unwrap()],
+            None,
+        );
+        let hcm = hcm(&config);
+        assert_eq!(hcm["stream_idle_timeout"], "0s");
+        let route = &hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"];
+        assert_eq!(route["timeout"], "0s");
+        assert_eq!(route["max_grpc_timeout"], "0s");
+        assert_eq!(route["retry_policy"]["num_retries"], 2);
+        assert_eq!(
+            route["retry_policy"]["retriable_status_codes"],
+            json!([503])
+        );
     }
 
     #[test]
