@@ -1,18 +1,27 @@
 //! DestinationRule `trafficPolicy` → the Envoy cluster fields istiod sets
 //! (`pilot/pkg/networking/core/cluster_traffic_policy.go`), with Istio's
-//! defaults where a field is unset. Anything this translation does not model
-//! becomes a warning naming the field: never silently dropped.
+//! defaults where a field is unset or 0. A field this translation does not
+//! model is refused by name: never silently dropped.
 
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
+use crate::duration;
+
 /// Istio's "unlimited" for circuit-breaker thresholds.
 pub const UNLIMITED: u32 = u32::MAX;
 /// Istio's default `connect_timeout` (meshConfig.connectTimeout).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Istio's default pool idle timeout.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The names a DestinationRule `host` may give the server Service from the
+/// `default` namespace.
+pub const SERVER_HOSTS: [&str; 4] = [
+    "server",
+    "server.default",
+    "server.default.svc",
+    "server.default.svc.cluster.local",
+];
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct TcpKeepalive {
@@ -27,10 +36,12 @@ pub struct Http2Keepalive {
     pub timeout: Option<Duration>,
 }
 
-/// The cluster-level policy a DestinationRule produces.
+/// The cluster-level policy a DestinationRule (or a Sidecar's
+/// `inboundConnectionPool`) produces.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClusterPolicy {
-    /// Envoy `lb_policy`.
+    /// Envoy `lb_policy` (outbound clusters only: istiod applies only the
+    /// connection pool to inbound ones).
     pub lb_policy: &'static str,
     pub connect_timeout: Duration,
     pub max_connections: u32,
@@ -39,10 +50,11 @@ pub struct ClusterPolicy {
     pub max_retries: u32,
     /// Only set when > 0 (Istio leaves it unlimited otherwise).
     pub max_requests_per_connection: Option<u32>,
-    pub idle_timeout: Duration,
+    /// Unset: istiod sends none, and Envoy's default (1h) applies.
+    pub idle_timeout: Option<Duration>,
     pub max_connection_duration: Option<Duration>,
     pub tcp_keepalive: Option<TcpKeepalive>,
-    /// HTTP/2 clusters only.
+    /// HTTP/2 clusters only; only set when > 0.
     pub max_concurrent_streams: Option<u32>,
     pub http2_keepalive: Option<Http2Keepalive>,
 }
@@ -58,7 +70,7 @@ impl Default for ClusterPolicy {
             max_requests: UNLIMITED,
             max_retries: UNLIMITED,
             max_requests_per_connection: None,
-            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            idle_timeout: None,
             max_connection_duration: None,
             tcp_keepalive: None,
             max_concurrent_streams: None,
@@ -67,34 +79,67 @@ impl Default for ClusterPolicy {
     }
 }
 
-/// A translated DestinationRule: the policy plus what was not translated.
+/// A translated DestinationRule.
 #[derive(Clone, Debug)]
 pub struct Translation {
     pub name: String,
     pub host: String,
     pub policy: ClusterPolicy,
-    /// One line per field the local mesh does not model, naming it.
-    pub warnings: Vec<String>,
 }
 
+/// A refused resource: kind, name, the field (as a path from the resource
+/// root) and why.
 #[derive(Debug, thiserror::Error)]
-#[error("DestinationRule {name}: {field}: {problem}")]
+#[error("{kind} {name}: {field}: {problem}")]
 pub struct TranslateError {
-    name: String,
-    field: String,
-    problem: String,
+    pub kind: &'static str,
+    pub name: String,
+    pub field: String,
+    pub problem: String,
+}
+
+/// (field path, problem): what the readers below fail with.
+pub(crate) type FieldError = (String, String);
+
+/// Why a field istiod translates is not translated here, by key; the
+/// default reason covers every other key.
+fn not_translated(key: &str) -> &'static str {
+    match key {
+        "outlierDetection" => {
+            "not translated by the local mesh (istiod renders it as outlier_detection): refused rather than dropped"
+        }
+        "consistentHash" => {
+            "not translated by the local mesh (istiod renders RING_HASH/MAGLEV): refused rather than dropped"
+        }
+        "warmup" | "warmupDurationSecs" => {
+            "not translated by the local mesh (istiod renders slow_start_config): refused rather than dropped"
+        }
+        "retryBudget" => {
+            "not translated by the local mesh (istiod renders a retry budget): refused rather than dropped"
+        }
+        "useClientProtocol" => {
+            "not translated by the local mesh (istiod renders use_downstream_protocol_config): refused rather than dropped"
+        }
+        "subsets" => {
+            "not translated by the local mesh (istiod renders one cluster per subset): refused rather than dropped"
+        }
+        "tls" => {
+            "not translated: sidecars in the local mesh talk plaintext h2c (see docs/local-mesh.md): refused rather than dropped"
+        }
+        _ => "not translated by the local mesh: refused rather than dropped",
+    }
 }
 
 /// Reads one JSON object, remembering which keys were used so the rest can be
-/// reported as unsupported.
-struct Fields<'a> {
+/// refused by name.
+pub(crate) struct Fields<'a> {
     path: String,
     map: &'a Map<String, Value>,
     used: Vec<&'static str>,
 }
 
 impl<'a> Fields<'a> {
-    fn new(path: impl Into<String>, value: &'a Value) -> Result<Self, (String, String)> {
+    pub(crate) fn new(path: impl Into<String>, value: &'a Value) -> Result<Self, FieldError> {
         let path = path.into();
         match value.as_object() {
             Some(map) => Ok(Self {
@@ -106,21 +151,21 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn field(&self, key: &str) -> String {
+    pub(crate) fn field(&self, key: &str) -> String {
         format!("{}.{key}", self.path)
     }
 
-    fn get(&mut self, key: &'static str) -> Option<&'a Value> {
+    pub(crate) fn get(&mut self, key: &'static str) -> Option<&'a Value> {
         self.used.push(key);
         self.map.get(key).filter(|v| !v.is_null())
     }
 
-    fn object(&mut self, key: &'static str) -> Result<Option<Fields<'a>>, (String, String)> {
+    pub(crate) fn object(&mut self, key: &'static str) -> Result<Option<Fields<'a>>, FieldError> {
         let path = self.field(key);
         self.get(key).map(|v| Fields::new(path, v)).transpose()
     }
 
-    fn u32(&mut self, key: &'static str) -> Result<Option<u32>, (String, String)> {
+    fn u32(&mut self, key: &'static str) -> Result<Option<u32>, FieldError> {
         let path = self.field(key);
         self.get(key)
             .map(|v| {
@@ -132,22 +177,24 @@ impl<'a> Fields<'a> {
             .transpose()
     }
 
-    fn duration(&mut self, key: &'static str) -> Result<Option<Duration>, (String, String)> {
+    /// istiod copies these counts only when > 0: 0 keeps its default.
+    fn positive_u32(&mut self, key: &'static str) -> Result<Option<u32>, FieldError> {
+        Ok(self.u32(key)?.filter(|&n| n > 0))
+    }
+
+    fn duration(&mut self, key: &'static str) -> Result<Option<Duration>, FieldError> {
         let path = self.field(key);
         self.get(key)
             .map(|v| {
                 let text = v.as_str().ok_or_else(|| {
                     (path.clone(), format!("expected a duration string, got {v}"))
                 })?;
-                // Istio's CRDs take Go's `time.ParseDuration` syntax (`1.5s`,
-                // `1h30m`), which is what the clients' parser reads.
-                clients::duration::parse_duration(text)
-                    .map_err(|e| (path, format!("invalid duration {text:?}: {e}")))
+                duration::parse(text).map_err(|e| (path, e.to_string()))
             })
             .transpose()
     }
 
-    fn str(&mut self, key: &'static str) -> Result<Option<&'a str>, (String, String)> {
+    pub(crate) fn str(&mut self, key: &'static str) -> Result<Option<&'a str>, FieldError> {
         let path = self.field(key);
         self.get(key)
             .map(|v| {
@@ -157,63 +204,78 @@ impl<'a> Fields<'a> {
             .transpose()
     }
 
-    /// Unused keys become warnings.
-    fn finish(self, warnings: &mut Vec<String>) {
-        for key in self.map.keys() {
-            if !self.used.iter().any(|u| u == key) {
-                warnings.push(format!(
-                    "{}.{key} is not modelled by the local mesh and was ignored",
-                    self.path
-                ));
-            }
+    /// A key nobody read is refused, naming it.
+    pub(crate) fn finish(self) -> Result<(), FieldError> {
+        match self
+            .map
+            .keys()
+            .find(|key| !self.used.iter().any(|u| u == key))
+        {
+            Some(key) => Err((self.field(key), not_translated(key).to_owned())),
+            None => Ok(()),
         }
     }
 }
 
-/// Translate one DestinationRule (the whole resource, as parsed YAML).
-pub fn translate(resource: &Value) -> Result<Translation, TranslateError> {
+/// The resource's `metadata.name`, after checking its `kind`.
+pub(crate) fn named(resource: &Value, kind: &'static str) -> Result<String, TranslateError> {
     let name = resource
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or("<unnamed>")
         .to_owned();
-    let fail = |(field, problem): (String, String)| TranslateError {
+    if resource.get("kind").and_then(Value::as_str) != Some(kind) {
+        return Err(TranslateError {
+            kind,
+            name,
+            field: "kind".into(),
+            problem: format!("expected {kind}"),
+        });
+    }
+    Ok(name)
+}
+
+/// Translate one DestinationRule (the whole resource, as parsed YAML).
+pub fn translate(resource: &Value) -> Result<Translation, TranslateError> {
+    let name = named(resource, "DestinationRule")?;
+    let fail = |(field, problem): FieldError| TranslateError {
+        kind: "DestinationRule",
         name: name.clone(),
         field,
         problem,
     };
-    if resource.get("kind").and_then(Value::as_str) != Some("DestinationRule") {
-        return Err(fail(("kind".into(), "expected DestinationRule".into())));
-    }
     let spec = resource
         .get("spec")
         .ok_or_else(|| fail(("spec".into(), "missing".into())))?;
-    let mut warnings = Vec::new();
     let mut spec = Fields::new("spec", spec).map_err(fail)?;
     let host = spec
         .str("host")
         .map_err(fail)?
         .ok_or_else(|| fail(("spec.host".into(), "missing".into())))?
         .to_owned();
+    // Anything else would not reach the server Service's sidecars at all.
+    if !SERVER_HOSTS.contains(&host.as_str()) {
+        return Err(fail((
+            "spec.host".into(),
+            format!(
+                "{host:?} is not the server Service; the local mesh has one: {}",
+                SERVER_HOSTS.join(", ")
+            ),
+        )));
+    }
     spec.get("exportTo"); // visibility only: nothing to translate on one machine
     let mut policy = ClusterPolicy::default();
     if let Some(traffic) = spec.object("trafficPolicy").map_err(fail)? {
-        translate_traffic_policy(traffic, &mut policy, &mut warnings).map_err(fail)?;
+        translate_traffic_policy(traffic, &mut policy).map_err(fail)?;
     }
-    spec.finish(&mut warnings);
-    Ok(Translation {
-        name,
-        host,
-        policy,
-        warnings,
-    })
+    spec.finish().map_err(fail)?;
+    Ok(Translation { name, host, policy })
 }
 
 fn translate_traffic_policy(
     mut traffic: Fields<'_>,
     policy: &mut ClusterPolicy,
-    warnings: &mut Vec<String>,
-) -> Result<(), (String, String)> {
+) -> Result<(), FieldError> {
     if let Some(mut lb) = traffic.object("loadBalancer")? {
         if let Some(simple) = lb.str("simple")? {
             policy.lb_policy = match simple {
@@ -222,94 +284,101 @@ fn translate_traffic_policy(
                 "RANDOM" => "RANDOM",
                 "UNSPECIFIED" => "LEAST_REQUEST",
                 "PASSTHROUGH" => {
-                    warnings.push(format!(
-                        "{}: PASSTHROUGH (original destination) needs iptables; kept LEAST_REQUEST",
-                        lb.field("simple")
+                    return Err((
+                        lb.field("simple"),
+                        "PASSTHROUGH (an ORIGINAL_DST cluster) is not translated by the local mesh: \
+                         there is no iptables to keep the original destination; refused rather than dropped"
+                            .into(),
                     ));
-                    "LEAST_REQUEST"
                 }
                 other => {
                     return Err((lb.field("simple"), format!("unknown algorithm {other:?}")));
                 }
             };
         }
-        lb.finish(warnings);
+        lb.finish()?;
     }
-    if let Some(mut pool) = traffic.object("connectionPool")? {
-        let mut tcp_idle = None;
-        if let Some(mut tcp) = pool.object("tcp")? {
-            if let Some(n) = tcp.u32("maxConnections")? {
-                policy.max_connections = n;
-            }
-            if let Some(d) = tcp.duration("connectTimeout")? {
-                policy.connect_timeout = d;
-            }
-            if let Some(mut ka) = tcp.object("tcpKeepalive")? {
-                policy.tcp_keepalive = Some(TcpKeepalive {
-                    probes: ka.u32("probes")?,
-                    time: ka.duration("time")?,
-                    interval: ka.duration("interval")?,
-                });
-                ka.finish(warnings);
-            }
-            policy.max_connection_duration = tcp.duration("maxConnectionDuration")?;
-            tcp_idle = tcp.duration("idleTimeout")?;
-            tcp.finish(warnings);
-        }
-        let mut http_idle = None;
-        if let Some(mut http) = pool.object("http")? {
-            if let Some(n) = http.u32("http1MaxPendingRequests")? {
-                policy.max_pending_requests = n;
-            }
-            if let Some(n) = http.u32("http2MaxRequests")? {
-                policy.max_requests = n;
-            }
-            policy.max_requests_per_connection =
-                http.u32("maxRequestsPerConnection")?.filter(|&n| n > 0);
-            if let Some(n) = http.u32("maxRetries")? {
-                policy.max_retries = n;
-            }
-            http_idle = http.duration("idleTimeout")?;
-            policy.max_concurrent_streams = http.u32("maxConcurrentStreams")?;
-            if let Some(mut ka) = http.object("http2KeepAlive")? {
-                let interval = ka.duration("interval")?;
-                // Envoy's KeepaliveSettings.timeout is required: refuse here,
-                // by name, rather than render a cluster Envoy rejects.
-                let timeout = ka.duration("timeout")?.ok_or_else(|| {
-                    (
-                        ka.field("timeout"),
-                        "required (Envoy's connection_keepalive needs a PING timeout)".to_owned(),
-                    )
-                })?;
-                policy.http2_keepalive = Some(Http2Keepalive {
-                    interval,
-                    timeout: Some(timeout),
-                });
-                ka.finish(warnings);
-            }
-            // These only matter for HTTP/1.1 upstreams; gRPC clusters are h2.
-            for key in ["h2UpgradePolicy", "useClientProtocol"] {
-                if http.get(key).is_some() {
-                    warnings.push(format!(
-                        "{}: has no effect on the gRPC (HTTP/2) cluster the local mesh builds",
-                        http.field(key)
-                    ));
-                }
-            }
-            http.finish(warnings);
-        }
-        // http.idleTimeout wins over tcp.idleTimeout, as in istiod.
-        if let Some(idle) = http_idle.or(tcp_idle) {
-            policy.idle_timeout = idle;
-        }
-        pool.finish(warnings);
+    if let Some(pool) = traffic.object("connectionPool")? {
+        translate_connection_pool(pool, policy)?;
     }
-    traffic.finish(warnings);
-    Ok(())
+    traffic.finish()
+}
+
+/// `connectionPool` (a DestinationRule's, or a Sidecar's
+/// `inboundConnectionPool`) → `policy`, as istiod's `applyConnectionPool`.
+pub(crate) fn translate_connection_pool(
+    mut pool: Fields<'_>,
+    policy: &mut ClusterPolicy,
+) -> Result<(), FieldError> {
+    let mut tcp_idle = None;
+    if let Some(mut tcp) = pool.object("tcp")? {
+        if let Some(n) = tcp.positive_u32("maxConnections")? {
+            policy.max_connections = n;
+        }
+        if let Some(d) = tcp.duration("connectTimeout")? {
+            policy.connect_timeout = d;
+        }
+        if let Some(mut ka) = tcp.object("tcpKeepalive")? {
+            policy.tcp_keepalive = Some(TcpKeepalive {
+                probes: ka.positive_u32("probes")?,
+                time: ka.duration("time")?,
+                interval: ka.duration("interval")?,
+            });
+            ka.finish()?;
+        }
+        policy.max_connection_duration = tcp.duration("maxConnectionDuration")?;
+        tcp_idle = tcp.duration("idleTimeout")?;
+        tcp.finish()?;
+    }
+    let mut http_idle = None;
+    if let Some(mut http) = pool.object("http")? {
+        if let Some(n) = http.positive_u32("http1MaxPendingRequests")? {
+            policy.max_pending_requests = n;
+        }
+        if let Some(n) = http.positive_u32("http2MaxRequests")? {
+            policy.max_requests = n;
+        }
+        policy.max_requests_per_connection = http.positive_u32("maxRequestsPerConnection")?;
+        if let Some(n) = http.positive_u32("maxRetries")? {
+            policy.max_retries = n;
+        }
+        http_idle = http.duration("idleTimeout")?;
+        policy.max_concurrent_streams = http.positive_u32("maxConcurrentStreams")?;
+        if let Some(mut ka) = http.object("http2KeepAlive")? {
+            let interval = ka.duration("interval")?;
+            // Envoy's KeepaliveSettings.timeout is required: refuse here,
+            // by name, rather than render a cluster Envoy rejects.
+            let timeout = ka.duration("timeout")?.ok_or_else(|| {
+                (
+                    ka.field("timeout"),
+                    "required (Envoy's connection_keepalive needs a PING timeout)".to_owned(),
+                )
+            })?;
+            policy.http2_keepalive = Some(Http2Keepalive {
+                interval,
+                timeout: Some(timeout),
+            });
+            ka.finish()?;
+        }
+        // Read and accepted: on a gRPC port the cluster is HTTP/2 whatever
+        // it says, in istiod (`applyH2Upgrade`) as here.
+        if let Some(v) = http.str("h2UpgradePolicy")?
+            && !["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"].contains(&v)
+        {
+            return Err((
+                http.field("h2UpgradePolicy"),
+                format!("unknown value {v:?}"),
+            ));
+        }
+        http.finish()?;
+    }
+    // http.idleTimeout wins over tcp.idleTimeout, as in istiod.
+    policy.idle_timeout = http_idle.or(tcp_idle).or(policy.idle_timeout);
+    pool.finish()
 }
 
 /// Envoy's JSON form of a duration.
-fn envoy_duration(d: Duration) -> String {
+pub(crate) fn envoy_duration(d: Duration) -> String {
     if d.subsec_nanos() == 0 {
         format!("{}s", d.as_secs())
     } else {
@@ -317,20 +386,31 @@ fn envoy_duration(d: Duration) -> String {
     }
 }
 
+/// Which side of the sidecar a cluster serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// `outbound|<port>||<host>`: the DestinationRule's whole policy.
+    Outbound,
+    /// `inbound|<port>||` (sidecar → app): istiod applies only the
+    /// connection pool (`applyTrafficPolicy`), so no `lb_policy`.
+    Inbound,
+}
+
 impl ClusterPolicy {
     /// The Envoy cluster (JSON) for `endpoints`, as istiod would build it
-    /// with STATIC endpoints instead of EDS. `http2`: a gRPC/h2 cluster.
+    /// (STATIC endpoints: see `envoy_config`'s deliberate differences).
+    /// `http2`: a gRPC/h2 cluster.
     pub fn envoy_cluster(
         &self,
         name: &str,
+        direction: Direction,
         endpoints: &[std::net::SocketAddr],
         http2: bool,
     ) -> Value {
         let mut common = Map::new();
-        common.insert(
-            "idle_timeout".into(),
-            json!(envoy_duration(self.idle_timeout)),
-        );
+        if let Some(d) = self.idle_timeout {
+            common.insert("idle_timeout".into(), json!(envoy_duration(d)));
+        }
         if let Some(n) = self.max_requests_per_connection {
             common.insert("max_requests_per_connection".into(), json!(n));
         }
@@ -356,6 +436,14 @@ impl ClusterPolicy {
         } else {
             json!({"http_protocol_options": {}})
         };
+        let mut options = json!({
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": protocol,
+        });
+        // As istiod: common options only when one of them is set.
+        if !common.is_empty() {
+            options["common_http_protocol_options"] = Value::Object(common);
+        }
         let lb_endpoints: Vec<Value> = endpoints
             .iter()
             .map(|addr| {
@@ -367,7 +455,6 @@ impl ClusterPolicy {
             "name": name,
             "type": "STATIC",
             "connect_timeout": envoy_duration(self.connect_timeout),
-            "lb_policy": self.lb_policy,
             "circuit_breakers": {"thresholds": [{
                 "max_connections": self.max_connections,
                 "max_pending_requests": self.max_pending_requests,
@@ -376,14 +463,13 @@ impl ClusterPolicy {
                 "track_remaining": true,
             }]},
             "typed_extension_protocol_options": {
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "common_http_protocol_options": common,
-                    "explicit_http_config": protocol,
-                }
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": options,
             },
             "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": lb_endpoints}]},
         });
+        if direction == Direction::Outbound {
+            cluster["lb_policy"] = json!(self.lb_policy);
+        }
         if let Some(ka) = &self.tcp_keepalive {
             let mut keepalive = Map::new();
             if let Some(n) = ka.probes {
@@ -415,13 +501,13 @@ mod tests {
     }
 
     fn policy(traffic_policy: Value) -> ClusterPolicy {
-        let t = translate(&dr(traffic_policy)).expect("translates");
-        assert!(
-            t.warnings.is_empty(),
-            "unexpected warnings {:?}",
-            t.warnings
-        );
-        t.policy
+        translate(&dr(traffic_policy)).expect("translates").policy
+    }
+
+    fn refusal(traffic_policy: Value) -> String {
+        translate(&dr(traffic_policy))
+            .expect_err("refused")
+            .to_string()
     }
 
     #[test]
@@ -431,7 +517,8 @@ mod tests {
         assert_eq!(p.lb_policy, "LEAST_REQUEST");
         assert_eq!(p.max_connections, 4_294_967_295);
         assert_eq!(p.connect_timeout, Duration::from_secs(10));
-        assert_eq!(p.idle_timeout, Duration::from_secs(3600));
+        // istiod sends no idle_timeout unless one is set (Envoy's default 1h applies).
+        assert_eq!(p.idle_timeout, None);
         assert_eq!(p.max_requests_per_connection, None);
     }
 
@@ -460,11 +547,11 @@ mod tests {
                 p.max_connection_duration == Some(Duration::from_secs(1800))
             }),
             (json!({"tcp": {"idleTimeout": "5m"}}), |p| {
-                p.idle_timeout == Duration::from_secs(300)
+                p.idle_timeout == Some(Duration::from_secs(300))
             }),
             (
                 json!({"tcp": {"idleTimeout": "5m"}, "http": {"idleTimeout": "7s"}}),
-                |p| p.idle_timeout == Duration::from_secs(7),
+                |p| p.idle_timeout == Some(Duration::from_secs(7)),
             ),
             (json!({"http": {"http1MaxPendingRequests": 1}}), |p| {
                 p.max_pending_requests == 1
@@ -499,23 +586,54 @@ mod tests {
         }
     }
 
-    /// The syntax itself is the clients' parser's (tested there); here: a
-    /// DestinationRule field takes Istio's forms and names itself when bad.
+    /// The syntax itself is tested in `duration`; here: a DestinationRule
+    /// field takes Istio's forms and names itself when refused.
     #[test]
-    fn duration_fields_take_istio_syntax() {
+    fn duration_fields_take_istio_syntax_and_limits() {
         let p = policy(json!({"connectionPool": {"tcp": {"connectTimeout": "1.5s"},
                                                   "http": {"idleTimeout": "1h30m"}}}));
         assert_eq!(p.connect_timeout, Duration::from_millis(1500));
-        assert_eq!(p.idle_timeout, Duration::from_secs(5400));
-        let err = translate(&dr(
-            json!({"connectionPool": {"tcp": {"connectTimeout": "10"}}}),
-        ))
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("spec.trafficPolicy.connectionPool.tcp.connectTimeout")
-                && err.contains("invalid duration \"10\""),
-            "{err}"
+        assert_eq!(p.idle_timeout, Some(Duration::from_secs(5400)));
+        for (value, words) in [
+            ("10", "invalid duration \"10\""),
+            ("0s", "must be greater than 1ms"),
+            ("500us", "must be greater than 1ms"),
+            ("1.5us", "must be greater than 1ms"),
+            ("1.5ms", "only durations to ms precision"),
+        ] {
+            let err = refusal(json!({"connectionPool": {"tcp": {"connectTimeout": value}}}));
+            assert!(
+                err.contains("spec.trafficPolicy.connectionPool.tcp.connectTimeout")
+                    && err.contains(words),
+                "{value}: {err}"
+            );
+        }
+    }
+
+    /// istiod copies counts only when > 0 (`applyConnectionPool`): a 0 keeps
+    /// its default, never a 0 that would overflow every request.
+    #[test]
+    fn zero_counts_keep_istio_defaults() {
+        let p = policy(json!({"connectionPool": {
+            "tcp": {"maxConnections": 0},
+            "http": {"http1MaxPendingRequests": 0, "http2MaxRequests": 0,
+                     "maxRequestsPerConnection": 7, "maxRetries": 0, "maxConcurrentStreams": 0},
+        }}));
+        assert_eq!(p.max_requests_per_connection, Some(7));
+        assert_eq!(
+            (
+                p.max_connections,
+                p.max_pending_requests,
+                p.max_requests,
+                p.max_retries
+            ),
+            (UNLIMITED, UNLIMITED, 4_294_967_295, UNLIMITED)
+        );
+        assert_eq!(p.max_concurrent_streams, None);
+        let c = p.envoy_cluster("c", Direction::Outbound, &[], true);
+        assert_eq!(
+            c["circuit_breakers"]["thresholds"][0]["max_requests"],
+            4_294_967_295u64
         );
     }
 
@@ -534,25 +652,72 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_fields_are_warned_about_by_name() {
-        let t = translate(&dr(json!({
-            "outlierDetection": {"consecutive5xxErrors": 1},
-            "loadBalancer": {"simple": "ROUND_ROBIN", "warmupDurationSecs": "10s"},
-            "connectionPool": {"http": {"h2UpgradePolicy": "UPGRADE"}},
-        })))
-        .unwrap();
-        let all = t.warnings.join("\n");
-        for field in [
-            "spec.trafficPolicy.outlierDetection",
-            "spec.trafficPolicy.loadBalancer.warmupDurationSecs",
-            "spec.trafficPolicy.connectionPool.http.h2UpgradePolicy",
+    fn fields_the_mesh_does_not_translate_are_refused_by_name() {
+        for (traffic_policy, field) in [
+            (
+                json!({"outlierDetection": {"consecutive5xxErrors": 1}}),
+                "spec.trafficPolicy.outlierDetection",
+            ),
+            (
+                json!({"loadBalancer": {"consistentHash": {"httpHeaderName": "x"}}}),
+                "spec.trafficPolicy.loadBalancer.consistentHash",
+            ),
+            (
+                json!({"loadBalancer": {"simple": "ROUND_ROBIN", "warmupDurationSecs": "10s"}}),
+                "spec.trafficPolicy.loadBalancer.warmupDurationSecs",
+            ),
+            (
+                json!({"loadBalancer": {"warmup": {"duration": "10s"}}}),
+                "spec.trafficPolicy.loadBalancer.warmup",
+            ),
+            (
+                json!({"loadBalancer": {"simple": "PASSTHROUGH"}}),
+                "spec.trafficPolicy.loadBalancer.simple",
+            ),
+            (
+                json!({"retryBudget": {"percent": 20}}),
+                "spec.trafficPolicy.retryBudget",
+            ),
+            (
+                json!({"connectionPool": {"http": {"useClientProtocol": true}}}),
+                "spec.trafficPolicy.connectionPool.http.useClientProtocol",
+            ),
+            (
+                json!({"connectionPool": {"tcp": {"noSuchField": 1}}}),
+                "spec.trafficPolicy.connectionPool.tcp.noSuchField",
+            ),
+            (
+                json!({"tls": {"mode": "ISTIO_MUTUAL"}}),
+                "spec.trafficPolicy.tls",
+            ),
         ] {
-            assert!(all.contains(field), "{field} not named in {all}");
+            let err = refusal(traffic_policy.clone());
+            assert!(
+                err.contains(field) && err.contains("refused rather than dropped"),
+                "{traffic_policy}: {err}"
+            );
         }
-        assert_eq!(
-            t.policy.lb_policy, "ROUND_ROBIN",
-            "supported fields still apply"
+        let mut with_subsets = dr(json!({}));
+        with_subsets["spec"]["subsets"] = json!([{"name": "v1"}]);
+        let err = translate(&with_subsets).unwrap_err().to_string();
+        assert!(err.contains("spec.subsets"), "{err}");
+        // h2UpgradePolicy has no effect on a gRPC port, in istiod as here.
+        let p = policy(json!({"connectionPool": {"http": {"h2UpgradePolicy": "UPGRADE"}}}));
+        assert_eq!(p, ClusterPolicy::default());
+    }
+
+    #[test]
+    fn a_host_other_than_the_server_service_is_refused() {
+        let mut other = dr(json!({}));
+        other["spec"]["host"] = json!("reviews");
+        let err = translate(&other).unwrap_err().to_string();
+        assert!(
+            err.contains("spec.host") && err.contains("reviews"),
+            "{err}"
         );
+        let mut short = dr(json!({}));
+        short["spec"]["host"] = json!("server");
+        assert_eq!(translate(&short).unwrap().host, "server");
     }
 
     #[test]
@@ -590,7 +755,7 @@ mod tests {
             "connectionPool": {"tcp": {"maxConnections": 1}, "http": {"http1MaxPendingRequests": 1, "http2MaxRequests": 1, "maxRequestsPerConnection": 1}},
         }));
         let addr: std::net::SocketAddr = "127.0.0.2:15006".parse().unwrap();
-        let c = p.envoy_cluster("outbound|30051||server", &[addr], true);
+        let c = p.envoy_cluster("outbound|30051||server", Direction::Outbound, &[addr], true);
         assert_eq!(c["lb_policy"], "ROUND_ROBIN");
         assert_eq!(c["connect_timeout"], "10s");
         let t = &c["circuit_breakers"]["thresholds"][0];
@@ -609,10 +774,14 @@ mod tests {
             opts["common_http_protocol_options"]["max_requests_per_connection"],
             1
         );
-        assert_eq!(
-            opts["common_http_protocol_options"]["idle_timeout"],
-            "3600s"
+        // No idle timeout set: istiod sends none (Envoy's default 1h applies).
+        assert!(
+            opts["common_http_protocol_options"]
+                .get("idle_timeout")
+                .is_none()
         );
+        let inbound = p.envoy_cluster("inbound|30051||", Direction::Inbound, &[addr], true);
+        assert!(inbound.get("lb_policy").is_none(), "{inbound}");
         assert!(opts["explicit_http_config"]["http2_protocol_options"].is_object());
         assert_eq!(
             c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]

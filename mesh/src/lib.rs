@@ -3,10 +3,13 @@
 //! sidecar configured from our DestinationRules, and the real clients.
 
 pub mod destination_rule;
+pub mod duration;
 pub mod envoy_config;
 pub mod manifests;
+pub mod render;
 pub mod report;
 pub mod runtime;
 pub mod scenario;
+pub mod sidecar;
 pub mod topology;
 pub mod wasm_plugin;

@@ -52,9 +52,20 @@ enum Cmd {
     /// Start the mesh (L4 Service, sidecars with a DestinationRule) and keep it
     /// running until Ctrl-C, printing addresses for grpcurl and the clients.
     Up {
-        /// DestinationRule experiment for the sidecars: none, reuse, one-per-conn, tight.
+        /// DestinationRule experiment for the sidecars: none, or a file name
+        /// (without .yaml) in <istio-dir>/destinationrules/.
         #[arg(long, default_value = "none")]
         experiment: String,
+    },
+    /// Write the sidecars' Envoy resources for one experiment as JSON (the
+    /// local mesh's side of `make istio-check`); starts nothing.
+    Render {
+        /// none, or a file name (without .yaml) in <istio-dir>/destinationrules/.
+        #[arg(long)]
+        experiment: String,
+        /// Where to write the JSON.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -87,6 +98,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let istio_dir = manifests::istio_dir(cli.istio_dir.as_deref());
+    if let Cmd::Render { experiment, out } = &cli.command {
+        return render(&istio_dir, experiment, cli.pods.into(), out);
+    }
     let plugin = scenario::preflight(&istio_dir)?;
     let artifacts = Artifacts::locate(cli.envoy.clone(), cli.wasm.clone())?;
     let options = Options {
@@ -103,7 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             anyhow::anyhow!("unknown scenario {scenario:?}; `mesh list` shows them")
         })?],
         Cmd::Up { experiment } => return up(&artifacts, &istio_dir, &plugin, &options, experiment),
-        Cmd::List => unreachable!("handled above"),
+        Cmd::List | Cmd::Render { .. } => unreachable!("handled above"),
     };
 
     let mut outcomes = Vec::new();
@@ -152,6 +166,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     })
 }
 
+fn render(
+    istio_dir: &std::path::Path,
+    experiment: &str,
+    pods: usize,
+    out: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    use anyhow::Context as _;
+    let mut notes = Vec::new();
+    let rendering = mesh::render::render(istio_dir, experiment, pods, &mut notes)?;
+    for note in notes {
+        eprintln!("note: {note}");
+    }
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    std::fs::write(out, serde_json::to_vec_pretty(&rendering)?)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    eprintln!("mesh: wrote {} ({experiment})", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
 fn up(
     artifacts: &Artifacts,
     istio_dir: &std::path::Path,
@@ -159,27 +195,17 @@ fn up(
     options: &Options,
     experiment: &str,
 ) -> anyhow::Result<ExitCode> {
-    let policy = match experiment {
-        "none" => Default::default(),
-        name if manifests::EXPERIMENTS.contains(&name) => {
-            let t = manifests::destination_rule(istio_dir, name)?;
-            for w in &t.warnings {
-                eprintln!("warning: DestinationRule {name}: {w}");
-            }
-            t.policy
-        }
-        other => anyhow::bail!(
-            "unknown experiment {other:?}: none, {}",
-            manifests::EXPERIMENTS.join(", ")
-        ),
-    };
+    let (policies, notes) = manifests::experiment(istio_dir, experiment)?;
+    for note in notes {
+        eprintln!("note: {note}");
+    }
     let addrs = Addresses {
         subnet: options.subnet,
         pods: options.pods,
     };
     let layout = Layout {
         l4_service: true,
-        sidecars: Some(policy),
+        sidecars: Some(policies),
     };
     let mesh = Mesh::start(artifacts, addrs, &layout, plugin, "up", options.seed)?;
     println!("local mesh up (DestinationRule: {experiment}); Ctrl-C stops everything\n");

@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 use serde::Deserialize as _;
 use serde_json::Value;
 
-use crate::{destination_rule, wasm_plugin};
+use crate::{destination_rule, sidecar, topology::SidecarPolicies, wasm_plugin};
 
 /// The DestinationRule experiments, by the name of their file in
 /// `istio/destinationrules/` (and of their `make dr-*` target).
@@ -74,8 +74,73 @@ pub fn destination_rule(
     let path = dir
         .join("destinationrules")
         .join(format!("{experiment}.yaml"));
+    if experiment.contains(['/', '\\']) || !path.is_file() {
+        bail!(
+            "unknown experiment {experiment:?}: no {} (experiments in {}: none, {})",
+            path.display(),
+            dir.display(),
+            experiments(dir).join(", ")
+        );
+    }
     destination_rule::translate(&one_of_kind(&path, "DestinationRule")?)
         .with_context(|| path.display().to_string())
+}
+
+/// The DestinationRule files in `dir/destinationrules/`, by name without
+/// `.yaml`, sorted.
+pub fn experiments(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("destinationrules"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".yaml")
+                .map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Where the server pods' Sidecar lives.
+pub const SIDECAR_FILE: &str = "sidecar.yaml";
+
+/// The server sidecars' inbound policy from `dir/sidecar.yaml`; without that
+/// file, Istio's defaults and a note saying so.
+pub fn inbound_policy(
+    dir: &Path,
+) -> anyhow::Result<(destination_rule::ClusterPolicy, Option<String>)> {
+    let path = dir.join(SIDECAR_FILE);
+    if !path.exists() {
+        return Ok((
+            Default::default(),
+            Some(format!(
+                "no {}: the server sidecars' inbound cluster gets Istio's defaults (on a cluster, \
+                 istiod would take the connectionPool of the DestinationRule of whichever Service \
+                 it lists first for the pod's port)",
+                path.display()
+            )),
+        ));
+    }
+    let t = sidecar::translate(&one_of_kind(&path, "Sidecar")?)
+        .with_context(|| path.display().to_string())?;
+    Ok((t.inbound, None))
+}
+
+/// An experiment's sidecar policies: `none` (no DestinationRule) or the name
+/// of a file in `dir/destinationrules/`; plus notes for the user.
+pub fn experiment(dir: &Path, name: &str) -> anyhow::Result<(SidecarPolicies, Vec<String>)> {
+    let outbound = match name {
+        "none" => Default::default(),
+        name => destination_rule(dir, name)?.policy,
+    };
+    let (inbound, note) = inbound_policy(dir)?;
+    Ok((
+        SidecarPolicies { outbound, inbound },
+        note.into_iter().collect(),
+    ))
 }
 
 #[cfg(test)]
@@ -87,13 +152,21 @@ mod tests {
         let dir = istio_dir(None);
         let plugin = wasm_plugin(&dir).unwrap();
         assert_eq!(plugin.plugin_name, "upstream-tagger");
-        assert_eq!(plugin.modes, ["SERVER"]);
+        use crate::wasm_plugin::Side;
+        assert!(plugin.applies(Side::Server, 30051) && !plugin.applies(Side::Client, 30051));
         assert_eq!(plugin.host_env_keys, ["POD_NAME"]);
         assert!(plugin.warnings.is_empty(), "{:?}", plugin.warnings);
+        let mut expected = EXPERIMENTS.map(String::from).to_vec();
+        expected.sort();
+        assert_eq!(experiments(&dir), expected);
         for experiment in EXPERIMENTS {
-            let t = destination_rule(&dir, experiment).unwrap();
-            assert!(t.warnings.is_empty(), "{experiment}: {:?}", t.warnings);
+            destination_rule(&dir, experiment).unwrap();
         }
+        // The inbound pool comes from istio/sidecar.yaml, not the DestinationRule.
+        let (policies, notes) = self::experiment(&dir, "tight").unwrap();
+        assert!(notes.is_empty(), "{notes:?}");
+        assert_eq!(policies.inbound.max_connections, u32::MAX);
+        assert_eq!(policies.outbound.max_connections, 1);
         assert_eq!(
             destination_rule(&dir, "one-per-conn")
                 .unwrap()
@@ -127,6 +200,15 @@ mod tests {
         );
         let err = format!("{:#}", wasm_plugin(&dir).unwrap_err());
         assert!(err.contains("cannot read"), "{err}");
+        let err = format!("{:#}", destination_rule(&dir, "nope").unwrap_err());
+        assert!(
+            err.contains("unknown experiment \"nope\"") && err.contains("none, reuse"),
+            "{err}"
+        );
+        // No Sidecar file: defaults, and the user is told.
+        let (policies, notes) = experiment(&dir, "none").unwrap();
+        assert_eq!(policies, SidecarPolicies::default());
+        assert!(notes[0].contains("sidecar.yaml"), "{notes:?}");
         std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -15,7 +15,7 @@ use crate::{
     destination_rule::ClusterPolicy,
     envoy_config,
     runtime::{self, Proc},
-    wasm_plugin::WasmPluginSpec,
+    wasm_plugin::{Side, WasmPluginSpec},
 };
 
 pub const GRPC_PORT: u16 = 30051;
@@ -23,6 +23,10 @@ pub const HTTP_PORT: u16 = 8080;
 pub const SERVICE_HTTP_PORT: u16 = 80;
 pub const SIDECAR_INBOUND_PORT: u16 = 15006;
 pub const ENVOY_ADMIN_PORT: u16 = 15000;
+/// The pod template labels in `istio/base/` (server.yaml, client-grpc.yaml):
+/// what a WasmPlugin or Sidecar `selector` is matched against.
+pub const SERVER_POD_LABELS: [(&str, &str); 2] = [("app", "server"), ("version", "v1")];
+pub const CLIENT_POD_LABELS: [(&str, &str); 2] = [("app", "client-grpc"), ("version", "v1")];
 /// The Service's FQDN, as istiod names outbound clusters after it.
 pub const SERVICE_HOST: &str = "server.default.svc.cluster.local";
 
@@ -128,14 +132,80 @@ impl Addresses {
     }
 }
 
+/// The policies istiod gives the sidecars in one experiment.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SidecarPolicies {
+    /// The client's outbound cluster: the DestinationRule under test.
+    pub outbound: ClusterPolicy,
+    /// The server sidecars' inbound cluster (sidecar → app): the Sidecar's
+    /// `inboundConnectionPool` (`istio/sidecar.yaml`), never the
+    /// DestinationRule (see `sidecar.rs`).
+    pub inbound: ClusterPolicy,
+}
+
 /// Which parts a scenario needs.
 #[derive(Clone, Debug, Default)]
 pub struct Layout {
     /// The L4 Service (kube-proxy stand-in) in front of the apps.
     pub l4_service: bool,
-    /// Sidecars on both sides, with this pool policy (the same DestinationRule
-    /// applies to the client's outbound and the servers' inbound clusters).
-    pub sidecars: Option<ClusterPolicy>,
+    /// Sidecars on both sides, with these policies.
+    pub sidecars: Option<SidecarPolicies>,
+}
+
+/// Every sidecar's bootstrap for one mesh: what `Mesh::start` runs and
+/// `mesh render` writes, from one function so the two cannot drift.
+pub struct SidecarConfigs {
+    /// One per server pod, in pod order.
+    pub servers: Vec<Value>,
+    pub client: Value,
+}
+
+/// The sidecars istiod would configure for `policies` and `plugin`, with the
+/// module at `wasm_file` (where istio-agent would have put it).
+pub fn sidecar_configs(
+    addrs: Addresses,
+    pod_names: &[String],
+    client_pod: &str,
+    policies: &SidecarPolicies,
+    plugin: &WasmPluginSpec,
+    wasm_file: &Path,
+) -> SidecarConfigs {
+    let wasm = envoy_config::wasm_filter(plugin, wasm_file);
+    // The server side selects by container (target) port, the client side
+    // by Service port; both are 30051 here.
+    let server_wasm = plugin
+        .applies(Side::Server, GRPC_PORT)
+        .then(|| wasm.clone());
+    let client_wasm = plugin.applies(Side::Client, GRPC_PORT).then_some(wasm);
+    let servers = pod_names
+        .iter()
+        .enumerate()
+        .map(|(i, pod)| {
+            envoy_config::server_sidecar(
+                pod,
+                addrs.sidecar_admin(i),
+                addrs.sidecar_inbound(i),
+                addrs.app_grpc(i),
+                harness::render::AppProtocol::Http2,
+                &policies.inbound,
+                server_wasm.clone(),
+            )
+        })
+        .collect();
+    let sidecars: Vec<_> = (0..pod_names.len())
+        .map(|i| addrs.sidecar_inbound(i))
+        .collect();
+    let client = envoy_config::client_sidecar(
+        client_pod,
+        addrs.client_sidecar_admin(),
+        addrs.client_sidecar(),
+        SERVICE_HOST,
+        GRPC_PORT,
+        &policies.outbound,
+        &sidecars,
+        client_wasm,
+    );
+    SidecarConfigs { servers, client }
 }
 
 /// A seed for pod names: one per run, so every scenario shows the same pods.
@@ -238,40 +308,29 @@ impl Mesh {
                 .push(Proc::spawn(&format!("server {pod}"), command, &log)?);
         }
         let mut envoys = Vec::new();
-        if let Some(policy) = &layout.sidecars {
-            let wasm = envoy_config::wasm_filter(plugin, &artifacts.wasm);
-            for i in 0..addrs.pods {
+        if let Some(policies) = &layout.sidecars {
+            let configs = sidecar_configs(
+                addrs,
+                &mesh.pod_names,
+                &mesh.client_pod,
+                policies,
+                plugin,
+                &artifacts.wasm,
+            );
+            for (i, config) in configs.servers.iter().enumerate() {
                 let pod = mesh.pod_names[i].clone();
-                let config = envoy_config::server_sidecar(
-                    &pod,
-                    addrs.sidecar_admin(i),
-                    addrs.sidecar_inbound(i),
-                    addrs.app_grpc(i),
-                    policy,
-                    Some(wasm.clone()),
-                );
                 envoys.push(mesh.spawn_envoy(
                     artifacts,
                     &format!("{pod}.sidecar"),
-                    &config,
+                    config,
                     Some(&pod),
                 )?);
             }
-            let sidecars: Vec<_> = (0..addrs.pods).map(|i| addrs.sidecar_inbound(i)).collect();
-            let config = envoy_config::client_sidecar(
-                &mesh.client_pod,
-                addrs.client_sidecar_admin(),
-                addrs.client_sidecar(),
-                SERVICE_HOST,
-                GRPC_PORT,
-                policy,
-                &sidecars,
-            );
             let client_pod = mesh.client_pod.clone();
             envoys.push(mesh.spawn_envoy(
                 artifacts,
                 &format!("{client_pod}.sidecar"),
-                &config,
+                &configs.client,
                 Some(&client_pod),
             )?);
         }

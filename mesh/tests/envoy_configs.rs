@@ -4,9 +4,10 @@
 use std::net::SocketAddr;
 
 use mesh::{
-    destination_rule::ClusterPolicy,
+    destination_rule::{ClusterPolicy, Direction},
     envoy_config, manifests,
-    topology::{self, Addresses, Artifacts, Layout, Mesh},
+    topology::{self, Addresses, Artifacts, Layout, Mesh, SidecarPolicies},
+    wasm_plugin::{Side, WasmPluginSpec},
 };
 
 /// `envoy --mode validate` through the harness; panics with Envoy's words.
@@ -20,45 +21,59 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-/// Both sidecars carrying `policy`'s cluster (the server one with our
-/// WasmPlugin) pass `envoy --mode validate`.
-fn assert_sidecars_valid(name: &str, policy: &ClusterPolicy) {
+fn our_plugin() -> WasmPluginSpec {
+    manifests::wasm_plugin(&manifests::istio_dir(None)).unwrap()
+}
+
+/// Every sidecar the mesh would run for `policies` and `plugin` (the same
+/// function `Mesh::start` and `mesh render` use) passes `envoy --mode validate`.
+fn assert_sidecars_valid(name: &str, policies: &SidecarPolicies, plugin: &WasmPluginSpec) {
     let artifacts = Artifacts::locate(None, None).expect("make envoy wasm");
-    let plugin = manifests::wasm_plugin(&manifests::istio_dir(None)).unwrap();
-    let server = envoy_config::server_sidecar(
-        "server-0",
-        addr("127.0.0.1:15000"),
-        addr("127.0.0.1:15006"),
-        addr("127.0.0.1:30051"),
-        policy,
-        Some(envoy_config::wasm_filter(&plugin, &artifacts.wasm)),
-    );
-    assert_valid(&format!("mesh-server-{name}"), &server);
-    let client = envoy_config::client_sidecar(
-        "client-0",
-        addr("127.0.0.1:15000"),
-        addr("127.0.0.1:30051"),
-        topology::SERVICE_HOST,
-        30051,
-        policy,
-        &[addr("127.0.0.2:15006"), addr("127.0.0.3:15006")],
-    );
-    assert_valid(&format!("mesh-client-{name}"), &client);
+    let addrs = Addresses {
+        subnet: 10,
+        pods: 2,
+    };
+    let pods = topology::pod_names("server", 2, 1);
+    let configs =
+        topology::sidecar_configs(addrs, &pods, "client-0", policies, plugin, &artifacts.wasm);
+    // The wasm filter (before the router) exactly where the WasmPlugin selects.
+    let http_filters = |c: &serde_json::Value| {
+        c["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            ["http_filters"]
+            .as_array()
+            .map(Vec::len)
+    };
+    for (config, side) in [
+        (&configs.servers[0], Side::Server),
+        (&configs.client, Side::Client),
+    ] {
+        let want = 1 + usize::from(plugin.applies(side, 30051));
+        assert_eq!(http_filters(config), Some(want), "{name} {side:?}");
+    }
+    assert_valid(&format!("mesh-server-{name}"), &configs.servers[0]);
+    assert_valid(&format!("mesh-client-{name}"), &configs.client);
 }
 
 #[test]
 fn every_rendered_config_passes_envoy_validate() {
     let istio = manifests::istio_dir(None);
-    let mut policies = vec![("default".to_owned(), ClusterPolicy::default())];
-    for name in manifests::EXPERIMENTS {
-        policies.push((
-            name.to_owned(),
-            manifests::destination_rule(&istio, name).unwrap().policy,
-        ));
+    let plugin = our_plugin();
+    let mut experiments = vec!["none".to_owned()];
+    experiments.extend(manifests::experiments(&istio));
+    for name in &experiments {
+        let (policies, _) = manifests::experiment(&istio, name).unwrap();
+        assert_sidecars_valid(name, &policies, &plugin);
     }
-    for (name, policy) in &policies {
-        assert_sidecars_valid(name, policy);
-    }
+    // A WasmPlugin without `match` or `selector` goes on the client sidecar too.
+    let mut everywhere = plugin.clone();
+    let bare = mesh::wasm_plugin::parse(&serde_json::json!({
+        "kind": "WasmPlugin", "metadata": {"name": "upstream-tagger"}, "spec": {}
+    }))
+    .unwrap();
+    everywhere.selectors = bare.selectors;
+    everywhere.match_labels = bare.match_labels;
+    assert!(everywhere.applies(Side::Client, 30051));
+    assert_sidecars_valid("wasm-everywhere", &SidecarPolicies::default(), &everywhere);
     let l4 = envoy_config::l4_service(
         addr("127.0.0.1:15000"),
         &[(addr("127.0.0.1:30051"), vec![addr("127.0.0.2:30051")])],
@@ -92,7 +107,7 @@ fn missing_envoy_and_wasm_name_the_fix() {
 #[test]
 fn an_address_in_use_is_a_clear_error_and_nothing_is_left_running() {
     let artifacts = Artifacts::locate(None, None).expect("make envoy wasm");
-    let plugin = manifests::wasm_plugin(&manifests::istio_dir(None)).unwrap();
+    let plugin = our_plugin();
     let addrs = Addresses {
         subnet: 120,
         pods: 2,
@@ -142,14 +157,8 @@ fn every_connection_pool_field_renders_to_its_cluster_field_and_envoy_accepts_it
             },
         }},
     });
-    let translation = mesh::destination_rule::translate(&rule).unwrap();
-    assert!(
-        translation.warnings.is_empty(),
-        "{:?}",
-        translation.warnings
-    );
-    let policy = translation.policy;
-    let cluster = policy.envoy_cluster("c", &[addr("127.0.0.2:15006")], true);
+    let policy = mesh::destination_rule::translate(&rule).unwrap().policy;
+    let cluster = policy.envoy_cluster("c", Direction::Outbound, &[addr("127.0.0.2:15006")], true);
     let options = &cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
     let expected = [
         ("/lb_policy", json!("ROUND_ROBIN")),
@@ -216,7 +225,12 @@ fn every_connection_pool_field_renders_to_its_cluster_field_and_envoy_accepts_it
         );
     }
 
-    assert_sidecars_valid("every-field", &policy);
+    // On both sides: the same translator reads a Sidecar's inboundConnectionPool.
+    let policies = SidecarPolicies {
+        outbound: policy.clone(),
+        inbound: policy,
+    };
+    assert_sidecars_valid("every-field", &policies, &our_plugin());
 
     // Envoy requires a PING timeout: an interval alone is refused by name
     // rather than rendered into a config Envoy would reject.
@@ -234,7 +248,7 @@ fn every_connection_pool_field_renders_to_its_cluster_field_and_envoy_accepts_it
 #[test]
 fn a_refused_plugin_config_is_a_clear_error_with_the_fix() {
     let artifacts = Artifacts::locate(None, None).expect("make envoy wasm");
-    let mut plugin = manifests::wasm_plugin(&manifests::istio_dir(None)).unwrap();
+    let mut plugin = our_plugin();
     plugin.plugin_config = r#"{"max_tracked_connections":0}"#.into();
     let addrs = Addresses {
         subnet: 121,
@@ -242,7 +256,10 @@ fn a_refused_plugin_config_is_a_clear_error_with_the_fix() {
     };
     let layout = Layout {
         l4_service: false,
-        sidecars: Some(ClusterPolicy::default()),
+        sidecars: Some(SidecarPolicies {
+            outbound: ClusterPolicy::default(),
+            inbound: ClusterPolicy::default(),
+        }),
     };
     let err = Mesh::start(&artifacts, addrs, &layout, &plugin, "refused", 1)
         .err()
