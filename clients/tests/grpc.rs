@@ -2,8 +2,11 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{
-    CLIENT_GRPC, Running, TestServer, closed_port, run_client, run_client_with_env, split_call,
+    CLIENT_GRPC, KillableServer, Running, TestServer, closed_port, run_client, run_client_with_env,
+    split_call,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -516,4 +519,62 @@ async fn every_flag_can_come_from_the_environment() {
     assert_eq!(lines.len(), 3, "{}", out.stdout);
     assert_eq!(lines[1]["conn_requests"], 1, "per-call mode");
     assert_eq!(lines[2]["summary"]["calls"], 2);
+}
+
+/// Issue 14, item 5: a call the server had started, cut because the server
+/// was killed or its drain timeout passed, is UNAVAILABLE (the connection
+/// went away), not tonic's UNKNOWN "transport error".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_cut_by_a_killed_or_drained_server_is_unavailable() {
+    // Call #1 proves the connection; #2 is held 3 s by the server and cut.
+    let args = |host: &str| {
+        [
+            "--host",
+            host,
+            "--count",
+            "2",
+            "--interval",
+            "0",
+            "--delay",
+            "3s",
+            "--timeout",
+            "20s",
+        ]
+        .map(str::to_owned)
+    };
+    let cut_call = |out: &common::Output, case: &str| {
+        let calls = out.calls();
+        assert_eq!(calls.len(), 2, "{case}: {}", out.stdout);
+        let (n, rest) = split_call(calls[1]);
+        assert_eq!(n, 2);
+        assert!(
+            rest.starts_with("error: UNAVAILABLE "),
+            "{case}: {}",
+            calls[1]
+        );
+        // Cut mid-call, not refused before it: the connection existed.
+        assert!(!rest.contains("refused"), "{case}: {}", calls[1]);
+    };
+
+    let killed = KillableServer::start("pod-a");
+    let host = killed.grpc.to_string();
+    let args_killed = args(&host);
+    let argv: Vec<&str> = args_killed.iter().map(String::as_str).collect();
+    let mut client = Running::spawn("grpc-cut-killed", CLIENT_GRPC, &argv);
+    client.wait_for_line(|l| l.starts_with("#1: pod-a")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    killed.kill();
+    cut_call(&client.finish().await, "killed");
+
+    let mut config = server::Config::local("pod-a");
+    config.drain_timeout = Duration::from_millis(300);
+    let drained = TestServer::start_with(config).await;
+    let host = drained.grpc.to_string();
+    let args_drained = args(&host);
+    let argv: Vec<&str> = args_drained.iter().map(String::as_str).collect();
+    let mut client = Running::spawn("grpc-cut-drained", CLIENT_GRPC, &argv);
+    client.wait_for_line(|l| l.starts_with("#1: pod-a")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drained.stop().await;
+    cut_call(&client.finish().await, "drain timeout");
 }
