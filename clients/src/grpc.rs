@@ -222,7 +222,7 @@ fn parse_target(raw: &str) -> Result<Authority, String> {
 pub async fn run(
     config: Config,
     loop_config: &LoopConfig,
-    out: impl Write,
+    out: impl Write + Send + 'static,
     shutdown: impl Future<Output = ()>,
 ) -> Summary {
     let shared = Arc::new(Shared {

@@ -315,6 +315,25 @@ impl Running {
     }
 }
 
+/// A client whose stdout is a pipe nobody reads (`client | less`, not
+/// scrolling): it fills and then blocks every write. Killed on drop.
+pub fn spawn_unread(name: &str, bin: &str, args: &[&str]) -> Child {
+    let log = std::fs::File::create(log_path(name)).unwrap();
+    command(bin, args, Stdio::from(log))
+        .spawn()
+        .expect("spawn the client")
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc status")
+}
+
 /// `#N: rest` → (N, rest).
 pub fn split_call(line: &str) -> (u64, &str) {
     let (n, rest) = line
