@@ -624,3 +624,65 @@ async fn a_blocked_stdout_keeps_memory_flat_and_sigint_still_ends_the_client() {
         "summary on stderr: {stderr}"
     );
 }
+
+/// The Go demo's server: getInfo answers the pod name and nothing else.
+struct GoDemo;
+
+#[tonic::async_trait]
+impl proto::Pod for GoDemo {
+    async fn get_info(
+        &self,
+        _: tonic::Request<proto::InfoRequest>,
+    ) -> Result<tonic::Response<proto::InfoResponse>, tonic::Status> {
+        Ok(tonic::Response::new(proto::InfoResponse {
+            name: "go-pod".into(),
+            ..Default::default()
+        }))
+    }
+}
+
+/// Issue 13, section 5: against a server that reports no connection facts
+/// the lines are exactly `#N: <pod>` and the summary says `n/a` (JSON
+/// `null`), not a false `0 distinct`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_without_connection_facts_gives_bare_lines_and_n_a() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let _server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(proto::PodServer::new(GoDemo))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+
+    let out = run_client(
+        "grpc-go-demo",
+        CLIENT_GRPC,
+        &["--host", &host, "--count", "2", "--interval", "0"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.calls(), ["#1: go-pod", "#2: go-pod"]);
+    assert!(
+        out.last_summary()
+            .ends_with("  connections: n/a (the server does not report them)\n"),
+        "{}",
+        out.stdout
+    );
+
+    let out = run_client(
+        "grpc-go-demo-json",
+        CLIENT_GRPC,
+        &["--host", &host, "--count", "2", "--interval", "0", "--json"],
+    )
+    .await;
+    let lines = out.json();
+    assert_eq!(lines[0]["pod"], "go-pod");
+    assert!(lines[0].get("conn_requests").is_none(), "{}", lines[0]);
+    let summary = &lines[2]["summary"];
+    assert_eq!(summary["connections"], serde_json::Value::Null, "{summary}");
+    assert_eq!(
+        summary["max_connection_requests"],
+        serde_json::Value::Null,
+        "{summary}"
+    );
+}
