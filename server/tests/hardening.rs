@@ -7,6 +7,10 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -237,19 +241,37 @@ async fn still_serves(addr: SocketAddr) {
     assert_eq!(answer.into_inner().name, "p");
 }
 
-/// Item 1. The probe: one connection opens 15,000 streams and finishes none.
-/// Before the limit, a fresh server went from ~5 MB to 137 MB; now the
-/// streams past the limit are refused and the peak stays near idle.
-#[tokio::test(flavor = "multi_thread")]
-async fn never_finished_streams_are_refused_past_the_limit_and_memory_stays_flat() {
-    let server = Server::start("streams-flood", &[], None);
-    still_serves(server.grpc).await;
-    let idle = server.memory_kib("VmRSS");
-
-    let (read, mut write) = h2_connect(server.grpc).await.into_split();
-    let watcher = tokio::spawn(watch(read, Duration::from_secs(15)));
+/// Opens `streams` getInfo streams on a fresh connection, finishes none, and
+/// counts the refusals until the server has answered every stream past the
+/// limit (or gave up on the connection). The write half is returned, so the
+/// connection and its open streams stay until the caller drops it.
+async fn flood(addr: SocketAddr, streams: u32) -> (Seen, tokio::net::tcp::OwnedWriteHalf) {
+    let (read, mut write) = h2_connect(addr).await.into_split();
+    let refused = Arc::new(AtomicU64::new(0));
+    let expected = u64::from(streams - server::MAX_CONCURRENT_STREAMS);
+    let watcher = {
+        let refused = refused.clone();
+        tokio::spawn(async move {
+            let mut read = read;
+            let mut seen = Seen::default();
+            while let Some(f) = read_frame(&mut read).await {
+                match f.kind {
+                    RST_STREAM if f.payload[..4] == REFUSED_STREAM.to_be_bytes() => {
+                        seen.refused += 1;
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    GOAWAY => seen.goaway = true,
+                    _ => {}
+                }
+                if seen.goaway || seen.refused == expected {
+                    break;
+                }
+            }
+            seen
+        })
+    };
     let mut batch = Vec::new();
-    for i in 0..15_000u32 {
+    for i in 0..streams {
         batch.extend(get_info_headers(2 * i + 1));
         if batch.len() > 64 * 1024 {
             // The server may give up on us (GOAWAY) before we are done.
@@ -260,25 +282,50 @@ async fn never_finished_streams_are_refused_past_the_limit_and_memory_stays_flat
         }
     }
     let _ = write.write_all(&batch).await;
-    // Let the server read everything that was sent.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let peak = server.memory_kib("VmHWM");
-    drop(write);
-    let seen = watcher.await.unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(20), watcher)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} of {expected} excess streams refused after 20s",
+                refused.load(Ordering::Relaxed)
+            )
+        })
+        .unwrap();
+    (seen, write)
+}
 
+/// Item 1. The probe: 100,000 streams over 4 connections, none finished.
+/// Without a limit one connection with 15,000 took a fresh server from ~5 MB
+/// to 137 MB (100,000: 912 MB); now the streams past the limit are refused
+/// and the peak stays near idle.
+#[tokio::test(flavor = "multi_thread")]
+async fn never_finished_streams_are_refused_past_the_limit_and_memory_stays_flat() {
+    let server = Server::start("streams-flood", &[], None);
+    still_serves(server.grpc).await;
+    let idle = server.memory_kib("VmRSS");
+
+    let floods: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(flood(server.grpc, 25_000)))
+        .collect();
+    let mut refused = 0;
+    let mut open = Vec::new();
+    for flood in floods {
+        let (seen, write) = flood.await.unwrap();
+        open.push(write);
+        assert!(
+            seen.refused > 0 || seen.goaway,
+            "streams past the limit are refused: {seen:?}"
+        );
+        refused += seen.refused;
+    }
+    let peak = server.memory_kib("VmHWM");
     let growth_mib = peak.saturating_sub(idle) as f64 / 1024.0;
-    eprintln!(
-        "idle {} KiB, peak {} KiB (+{growth_mib:.1} MiB), {} refused, goaway {}",
-        idle, peak, seen.refused, seen.goaway
-    );
-    assert!(
-        seen.refused > 0 || seen.goaway,
-        "streams past the limit are refused: {seen:?}"
-    );
+    eprintln!("idle {idle} KiB, peak {peak} KiB (+{growth_mib:.1} MiB), {refused} streams refused");
     assert!(
         growth_mib < 8.0,
-        "peak memory grew {growth_mib:.1} MiB over idle under 15,000 open streams"
+        "peak memory grew {growth_mib:.1} MiB over idle under 100,000 open streams"
     );
+    drop(open);
     still_serves(server.grpc).await;
 }
 
