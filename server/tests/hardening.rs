@@ -346,29 +346,53 @@ async fn stuck_calls_are_ended_after_the_call_timeout() {
     for id in &streams {
         write.write_all(&get_info_headers(*id)).await.unwrap();
     }
+    // Each stuck stream gets its answer (CANCELLED) and then a reset, since
+    // its request never ended: the reset is what frees the stream's slot.
     let watcher = tokio::spawn(async move {
         let mut read = read;
-        let mut finished = std::collections::BTreeSet::new();
+        let mut answered = std::collections::BTreeSet::new();
+        let mut reset = std::collections::BTreeSet::new();
         while let Some(f) = read_frame(&mut read).await {
-            let ends = (f.kind == HEADERS && f.flags & END_STREAM != 0) || f.kind == RST_STREAM;
-            if ends {
-                finished.insert(f.stream);
-                if finished.len() == streams.len() {
-                    return (finished, started.elapsed());
-                }
+            if f.kind == HEADERS && f.flags & END_STREAM != 0 {
+                answered.insert(f.stream);
+            }
+            if f.kind == RST_STREAM {
+                reset.insert(f.stream);
+            }
+            if reset.len() == streams.len() {
+                break;
             }
         }
-        (finished, started.elapsed())
+        (answered, reset, started.elapsed(), read)
     });
-    let (finished, after) = tokio::time::timeout(Duration::from_secs(10), watcher)
+    let (answered, reset, after, mut read) = tokio::time::timeout(Duration::from_secs(10), watcher)
         .await
-        .expect("every stuck stream is ended within 10s")
+        .expect("every stuck stream is reset within 10s")
         .unwrap();
-    assert_eq!(finished.len(), server::MAX_CONCURRENT_STREAMS as usize);
+    assert_eq!(reset.len(), server::MAX_CONCURRENT_STREAMS as usize);
+    assert_eq!(answered.len(), server::MAX_CONCURRENT_STREAMS as usize);
     assert!(
         after >= Duration::from_millis(900) && after < Duration::from_secs(5),
         "ended after {after:?}, the call timeout is 1s"
     );
+
+    // The slots are free again: a complete call on the same connection is
+    // answered, not refused.
+    let next = 2 * server::MAX_CONCURRENT_STREAMS + 1;
+    let mut request = get_info_headers(next);
+    request.extend(frame(0x0, END_STREAM, next, &[0, 0, 0, 0, 0]));
+    write.write_all(&request).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(f) = read_frame(&mut read).await {
+            if f.stream == next && (f.kind == HEADERS || f.kind == RST_STREAM) {
+                return Some(f.kind);
+            }
+        }
+        None
+    })
+    .await
+    .expect("an answer on the freed connection");
+    assert_eq!(answer, Some(HEADERS), "a new call after the stuck ones");
     drop(write);
 }
 
