@@ -222,7 +222,7 @@ fn parse_target(raw: &str) -> Result<Authority, String> {
 pub async fn run(
     config: Config,
     loop_config: &LoopConfig,
-    out: impl Write,
+    out: impl Write + Send + 'static,
     shutdown: impl Future<Output = ()>,
 ) -> Summary {
     let shared = Arc::new(Shared {
@@ -365,6 +365,33 @@ fn unprocessed(status: &Status) -> bool {
     false
 }
 
+/// The connection broke under a call the server had started: the server was
+/// killed, or cut its connections at the end of a drain. Only errors of our
+/// own transport count (a status the server sent has no source), and only
+/// the connection-level ones: a stream reset keeps tonic's code for it.
+fn connection_lost(status: &Status) -> bool {
+    let mut cause = status.source();
+    while let Some(e) = cause {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.is_io() || (h2.is_go_away() && h2.is_remote());
+        }
+        if let Some(hyper) = e.downcast_ref::<hyper::Error>()
+            && (hyper.is_closed() || hyper.is_incomplete_message())
+        {
+            return true;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return matches!(
+                io.kind(),
+                BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof
+            );
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// A failed call: canonical code, message with its causes, and the tags the
 /// error response carried (trailers-only responses put them in the status).
 pub fn status_call(status: &Status, timeout: Duration) -> Call {
@@ -378,9 +405,10 @@ pub fn status_call(status: &Status, timeout: Duration) -> Call {
         }
         cause = e.source();
     }
-    // tonic says CANCELLED or INTERNAL when a connection went away under the
-    // request; gRPC's status-code table says UNAVAILABLE (we never cancel).
-    let code = if unprocessed(status) {
+    // tonic says UNKNOWN, CANCELLED or INTERNAL when a connection went away
+    // under the request; gRPC's status-code table says UNAVAILABLE (we never
+    // cancel).
+    let code = if unprocessed(status) || connection_lost(status) {
         "UNAVAILABLE"
     } else {
         code_name(status.code())

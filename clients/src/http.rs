@@ -136,7 +136,7 @@ pub struct Config {
 pub async fn run(
     config: Config,
     loop_config: &LoopConfig,
-    out: impl Write,
+    out: impl Write + Send + 'static,
     shutdown: impl Future<Output = ()>,
 ) -> Summary {
     let concurrency = config.concurrency;

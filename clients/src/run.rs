@@ -1,6 +1,13 @@
 //! The calling loop shared by both clients: N callers share one numbering,
 //! one writer prints every line (never interleaved, flushed per line) and
 //! keeps the summary.
+//!
+//! Output is bounded end to end: the callers hand records over a bounded
+//! queue, and stdout is written by its own thread from another bounded
+//! queue. When stdout blocks (`client-grpc ... | less`, not scrolling), the
+//! queues fill and the callers wait, instead of the client piling up lines in
+//! memory; SIGINT/SIGTERM still end it, since no async task ever blocks on
+//! the write itself.
 
 use std::{
     future::Future,
@@ -13,7 +20,7 @@ use std::{
 };
 
 use tokio::{
-    sync::{mpsc, watch},
+    sync::{mpsc, oneshot, watch},
     task::JoinSet,
 };
 
@@ -21,6 +28,12 @@ use crate::{
     record::{Call, Record},
     summary::Summary,
 };
+
+/// Records waiting to be printed, and chunks of text waiting to be written.
+pub const QUEUE: usize = 64;
+
+/// After SIGINT/SIGTERM, how long a blocked stdout gets to take the rest.
+pub const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// Makes one call. Each concurrent caller owns its own (per-caller state such
 /// as an HTTP keep-alive connection); shared state lives behind an `Arc`.
@@ -43,6 +56,16 @@ pub struct LoopConfig {
     pub json: bool,
 }
 
+/// How the output ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Open,
+    /// Write failed: typically a closed pipe (`| head`), nobody is reading.
+    Closed,
+    /// Still blocked when the grace after a stop signal ran out.
+    Blocked,
+}
+
 /// Runs `callers` until `count` calls are done, `shutdown` completes, or
 /// stdout goes away; prints each call and the final summary to `out`, and
 /// returns the summary. Calls still in flight at shutdown are abandoned
@@ -50,10 +73,17 @@ pub struct LoopConfig {
 pub async fn run<C: Caller>(
     config: &LoopConfig,
     callers: Vec<C>,
-    mut out: impl Write,
+    out: impl Write + Send + 'static,
     shutdown: impl Future<Output = ()>,
 ) -> Summary {
-    let (records_tx, mut records) = mpsc::unbounded_channel();
+    let writer = match Writer::spawn(out) {
+        Ok(writer) => writer,
+        Err(e) => {
+            log::error!("cannot start the output thread: {e}");
+            return Summary::default();
+        }
+    };
+    let (records_tx, mut records) = mpsc::channel(QUEUE);
     let (stop_tx, stop) = watch::channel(false);
     let next = Arc::new(AtomicU64::new(1));
     // Dropping the set aborts the callers, whatever way this returns.
@@ -71,47 +101,137 @@ pub async fn run<C: Caller>(
 
     let mut summary = Summary::default();
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut stopping = false;
-    let mut writable = true;
+    // Set when the stop signal arrives: the end of the grace for stdout.
+    let mut give_up: Option<tokio::time::Instant> = None;
+    // A chunk the writer has no room for yet; no new record is taken until
+    // it is handed over, which is what holds the callers back.
+    let mut pending: Option<String> = None;
+    let mut output = Output::Open;
+    let far = || tokio::time::Instant::now() + Duration::from_secs(86_400);
     loop {
         tokio::select! {
-            record = records.recv() => {
+            record = records.recv(), if pending.is_none() => {
                 // `None`: every caller is done.
                 let Some(record) = record else { break };
                 summary.add(&record);
-                let line = if config.json { record.json_line() } else { record.text_line() };
+                let mut chunk = if config.json { record.json_line() } else { record.text_line() };
+                chunk.push('\n');
                 let periodic = config.summary_every > 0
                     && summary.calls % config.summary_every == 0
                     // The final summary follows anyway.
                     && summary.calls != config.count;
-                let mut result = write_line(&mut out, &line);
-                if periodic && result.is_ok() {
-                    result = write_summary(&mut out, &summary, config.json);
+                if periodic {
+                    chunk.push_str(&summary_text(&summary, config.json));
                 }
-                if let Err(e) = result {
-                    // Typically a closed pipe (`| head`): nobody is reading.
-                    log::debug!("stdout closed ({e}), stopping");
-                    writable = false;
+                pending = Some(chunk);
+            }
+            permit = writer.chunks.reserve(), if pending.is_some() => match permit {
+                Ok(permit) => permit.send(pending.take().unwrap_or_default()),
+                Err(_) => {
+                    output = Output::Closed;
                     break;
                 }
-            }
-            () = &mut shutdown, if !stopping => {
-                stopping = true;
+            },
+            () = &mut shutdown, if give_up.is_none() => {
+                give_up = Some(tokio::time::Instant::now() + STOP_GRACE);
                 let _ = stop_tx.send(true);
+            }
+            () = tokio::time::sleep_until(give_up.unwrap_or_else(far)), if give_up.is_some() => {
+                output = Output::Blocked;
+                break;
             }
         }
     }
-    if writable && let Err(e) = write_summary(&mut out, &summary, config.json) {
-        log::debug!("cannot print the summary: {e}");
+    drop(workers);
+
+    if output == Output::Open {
+        let final_summary = summary_text(&summary, config.json);
+        output = writer.finish(final_summary, shutdown, give_up).await;
+    }
+    match output {
+        Output::Open => {}
+        Output::Closed => log::debug!("stdout closed, stopped"),
+        Output::Blocked => {
+            log::warn!(
+                "stdout is blocked (nothing reads it): exiting without waiting; \
+                 the summary goes to stderr"
+            );
+            eprint!("{}", summary_text(&summary, config.json));
+        }
     }
     summary
+}
+
+/// The thread that owns stdout: a blocking write holds only this thread.
+struct Writer {
+    chunks: mpsc::Sender<String>,
+    /// Sent once everything was written; dropped if a write failed.
+    written: oneshot::Receiver<()>,
+}
+
+impl Writer {
+    fn spawn(mut out: impl Write + Send + 'static) -> io::Result<Self> {
+        let (chunks, mut rx) = mpsc::channel::<String>(QUEUE);
+        let (written_tx, written) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("output".into())
+            .spawn(move || {
+                while let Some(chunk) = rx.blocking_recv() {
+                    if let Err(e) = out.write_all(chunk.as_bytes()).and_then(|()| out.flush()) {
+                        log::debug!("cannot write to stdout: {e}");
+                        return;
+                    }
+                }
+                let _ = written_tx.send(());
+            })?;
+        Ok(Self { chunks, written })
+    }
+
+    /// Queues the last chunk and waits until everything is written, the
+    /// write fails, or (after a stop signal) the grace runs out. A stop
+    /// signal that had not come yet still ends the wait.
+    async fn finish(
+        self,
+        last: String,
+        mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+        mut give_up: Option<tokio::time::Instant>,
+    ) -> Output {
+        let Self {
+            chunks,
+            mut written,
+        } = self;
+        let far = || tokio::time::Instant::now() + Duration::from_secs(86_400);
+        let mut chunks = Some(chunks);
+        let mut last = Some(last);
+        loop {
+            if last.is_none() {
+                // Everything is queued: closing the queue lets the thread end.
+                chunks = None;
+            }
+            tokio::select! {
+                permit = async { chunks.as_ref()?.reserve().await.ok() }, if last.is_some() => match permit {
+                    Some(permit) => permit.send(last.take().unwrap_or_default()),
+                    None => return Output::Closed,
+                },
+                done = &mut written, if last.is_none() => {
+                    return if done.is_ok() { Output::Open } else { Output::Closed };
+                }
+                () = &mut shutdown, if give_up.is_none() => {
+                    give_up = Some(tokio::time::Instant::now() + STOP_GRACE);
+                }
+                () = tokio::time::sleep_until(give_up.unwrap_or_else(far)), if give_up.is_some() => {
+                    return Output::Blocked;
+                }
+            }
+        }
+    }
 }
 
 async fn call_loop<C: Caller>(
     mut caller: C,
     next: Arc<AtomicU64>,
     config: LoopConfig,
-    records: mpsc::UnboundedSender<Record>,
+    records: mpsc::Sender<Record>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -132,8 +252,10 @@ async fn call_loop<C: Caller>(
             latency: started.elapsed(),
             call,
         };
-        if records.send(record).is_err() {
-            return;
+        // Waits while the output is behind: this is the backpressure.
+        tokio::select! {
+            sent = records.send(record) => if sent.is_err() { return },
+            _ = stop.wait_for(|stop| *stop) => return,
         }
         // No pause after the last numbered call.
         if config.count != 0 && next.load(Ordering::Relaxed) > config.count {
@@ -146,17 +268,12 @@ async fn call_loop<C: Caller>(
     }
 }
 
-fn write_line(out: &mut impl Write, line: &str) -> io::Result<()> {
-    writeln!(out, "{line}")?;
-    out.flush()
-}
-
-fn write_summary(out: &mut impl Write, summary: &Summary, json: bool) -> io::Result<()> {
+/// The summary as printed: the text table, or one JSON line.
+fn summary_text(summary: &Summary, json: bool) -> String {
     if json {
-        write_line(out, &summary.json_line())
+        summary.json_line() + "\n"
     } else {
-        out.write_all(summary.text().as_bytes())?;
-        out.flush()
+        summary.text()
     }
 }
 
@@ -166,6 +283,8 @@ mod tests {
         future,
         sync::{Arc, Mutex},
     };
+
+    use tokio::sync::oneshot;
 
     use super::*;
 
@@ -322,6 +441,60 @@ mod tests {
             future::pending(),
         )
         .await;
-        assert_eq!(summary.calls, 1);
+        // The first write fails; what was already queued is all that ran.
+        assert!(
+            summary.calls <= 2 * QUEUE as u64 + 2,
+            "{} calls",
+            summary.calls
+        );
+    }
+
+    /// A writer that never returns, like a pipe nobody reads.
+    struct Stuck;
+    impl Write for Stuck {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            loop {
+                std::thread::park();
+            }
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_blocked_stdout_holds_the_callers_and_a_stop_still_ends_the_loop() {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let made = Arc::new(AtomicU64::new(0));
+        let callers: Vec<Counting> = (0..4).map(|_| Counting(made.clone())).collect();
+        let loop_ = tokio::spawn(async move {
+            run(&config(0), callers, Stuck, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let made = made.load(Ordering::Relaxed);
+        // One chunk in the writer, the two queues, and a call per caller.
+        assert!(
+            made <= 2 * QUEUE as u64 + 8,
+            "{made} calls made with stdout blocked"
+        );
+        stop.send(()).unwrap();
+        let summary = tokio::time::timeout(STOP_GRACE * 3, loop_)
+            .await
+            .expect("the loop ends after a stop although stdout is blocked")
+            .unwrap();
+        assert!(summary.calls <= made);
+    }
+
+    /// Answers at once, and counts the calls made.
+    struct Counting(Arc<AtomicU64>);
+
+    impl Caller for Counting {
+        async fn call(&mut self) -> Call {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Call::ok("a")
+        }
     }
 }

@@ -96,18 +96,17 @@ impl Summary {
         }
     }
 
-    /// Distinct connections seen.
-    pub fn connections(&self) -> u64 {
-        self.connections.values().map(ConnStats::connections).sum()
+    /// Distinct connections seen; `None` when no answer said which
+    /// connection carried it (a server that does not report it, as the Go
+    /// demo's, or no answers at all): unknown, not zero.
+    pub fn connections(&self) -> Option<u64> {
+        (!self.connections.is_empty())
+            .then(|| self.connections.values().map(ConnStats::connections).sum())
     }
 
-    /// The most requests seen on any one connection.
-    pub fn max_connection_requests(&self) -> u64 {
-        self.connections
-            .values()
-            .map(ConnStats::max_requests)
-            .max()
-            .unwrap_or(0)
+    /// The most requests seen on any one connection; `None` as above.
+    pub fn max_connection_requests(&self) -> Option<u64> {
+        self.connections.values().map(ConnStats::max_requests).max()
     }
 
     /// `part` as a percentage of all calls.
@@ -160,11 +159,13 @@ impl Summary {
                 self.share(*n)
             ));
         }
-        out.push_str(&format!(
-            "  connections: {} distinct, max requests on one: {}\n",
-            self.connections(),
-            self.max_connection_requests()
-        ));
+        match (self.connections(), self.max_connection_requests()) {
+            (Some(connections), Some(max)) => out.push_str(&format!(
+                "  connections: {connections} distinct, max requests on one: {max}\n"
+            )),
+            _ if self.ok == 0 => out.push_str("  connections: n/a (no answers)\n"),
+            _ => out.push_str("  connections: n/a (the server does not report them)\n"),
+        }
         out
     }
 
@@ -176,8 +177,8 @@ impl Summary {
             ok: u64,
             errors: u64,
             pods: &'a BTreeMap<String, u64>,
-            connections: u64,
-            max_connection_requests: u64,
+            connections: Option<u64>,
+            max_connection_requests: Option<u64>,
             errors_by_code: &'a BTreeMap<String, u64>,
         }
         #[derive(Serialize)]
@@ -267,8 +268,8 @@ mod tests {
             ok(2, "a", "p:1", 2),
             ok(3, "a", "p:2", 1),
         ]);
-        assert_eq!(s.connections(), 2);
-        assert_eq!(s.max_connection_requests(), 2);
+        assert_eq!(s.connections(), Some(2));
+        assert_eq!(s.max_connection_requests(), Some(2));
     }
 
     #[test]
@@ -280,8 +281,8 @@ mod tests {
             tagged(2, "a", "8", "1", "sidecar:1"),
             tagged(3, "a", "8", "42", "sidecar:1"),
         ]);
-        assert_eq!(s.connections(), 2);
-        assert_eq!(s.max_connection_requests(), 42);
+        assert_eq!(s.connections(), Some(2));
+        assert_eq!(s.max_connection_requests(), Some(42));
     }
 
     #[test]
@@ -289,7 +290,7 @@ mod tests {
         let mut a = ok(1, "a", "p:1", 0);
         a.call.conn_requests = None;
         let b = a.clone();
-        assert_eq!(summary(&[a, b]).max_connection_requests(), 2);
+        assert_eq!(summary(&[a, b]).max_connection_requests(), Some(2));
     }
 
     #[test]
@@ -302,19 +303,45 @@ mod tests {
             ok(3, "a", "p:2", 2),
             ok(4, "a", "p:2", 1),
         ]);
-        assert_eq!(s.connections(), 3);
-        assert_eq!(s.max_connection_requests(), 2);
+        assert_eq!(s.connections(), Some(3));
+        assert_eq!(s.max_connection_requests(), Some(2));
     }
 
     #[test]
-    fn errors_without_connection_facts_count_no_connection() {
+    fn errors_without_connection_facts_leave_connections_unknown() {
         let s = summary(&[err(1, "UNAVAILABLE"), err(2, "UNAVAILABLE")]);
-        assert_eq!(s.connections(), 0);
-        assert_eq!(s.max_connection_requests(), 0);
+        assert_eq!(s.connections(), None);
+        assert_eq!(s.max_connection_requests(), None);
+        assert!(s.text().ends_with("  connections: n/a (no answers)\n"));
         assert!(s.all_failed());
         assert!(
             !Summary::default().all_failed(),
             "no calls is not a failure"
+        );
+    }
+
+    /// Issue 13, section 5: the Go demo's server answers with the pod name
+    /// only; "0 distinct" would be false.
+    #[test]
+    fn a_server_that_reports_no_connection_facts_gives_n_a_not_zero() {
+        let bare = |n| Record {
+            n,
+            latency: Duration::ZERO,
+            call: Call::ok("server-0"),
+        };
+        let s = summary(&[bare(1), bare(2), err(3, "UNAVAILABLE")]);
+        assert_eq!(s.connections(), None);
+        assert!(
+            s.text()
+                .ends_with("  connections: n/a (the server does not report them)\n"),
+            "{}",
+            s.text()
+        );
+        let json: serde_json::Value = serde_json::from_str(&s.json_line()).unwrap();
+        assert_eq!(json["summary"]["connections"], serde_json::Value::Null);
+        assert_eq!(
+            json["summary"]["max_connection_requests"],
+            serde_json::Value::Null
         );
     }
 

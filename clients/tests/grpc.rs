@@ -2,8 +2,11 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{
-    CLIENT_GRPC, Running, TestServer, closed_port, run_client, run_client_with_env, split_call,
+    CLIENT_GRPC, KillableServer, Running, TestServer, closed_port, run_client, run_client_with_env,
+    split_call,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -516,4 +519,170 @@ async fn every_flag_can_come_from_the_environment() {
     assert_eq!(lines.len(), 3, "{}", out.stdout);
     assert_eq!(lines[1]["conn_requests"], 1, "per-call mode");
     assert_eq!(lines[2]["summary"]["calls"], 2);
+}
+
+/// Issue 14, item 5: a call the server had started, cut because the server
+/// was killed or its drain timeout passed, is UNAVAILABLE (the connection
+/// went away), not tonic's UNKNOWN "transport error".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_cut_by_a_killed_or_drained_server_is_unavailable() {
+    // Call #1 proves the connection; #2 is held 3 s by the server and cut.
+    let args = |host: &str| {
+        [
+            "--host",
+            host,
+            "--count",
+            "2",
+            "--interval",
+            "0",
+            "--delay",
+            "3s",
+            "--timeout",
+            "20s",
+        ]
+        .map(str::to_owned)
+    };
+    let cut_call = |out: &common::Output, case: &str| {
+        let calls = out.calls();
+        assert_eq!(calls.len(), 2, "{case}: {}", out.stdout);
+        let (n, rest) = split_call(calls[1]);
+        assert_eq!(n, 2);
+        assert!(
+            rest.starts_with("error: UNAVAILABLE "),
+            "{case}: {}",
+            calls[1]
+        );
+        // Cut mid-call, not refused before it: the connection existed.
+        assert!(!rest.contains("refused"), "{case}: {}", calls[1]);
+    };
+
+    let killed = KillableServer::start("pod-a");
+    let host = killed.grpc.to_string();
+    let args_killed = args(&host);
+    let argv: Vec<&str> = args_killed.iter().map(String::as_str).collect();
+    let mut client = Running::spawn("grpc-cut-killed", CLIENT_GRPC, &argv);
+    client.wait_for_line(|l| l.starts_with("#1: pod-a")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    killed.kill();
+    cut_call(&client.finish().await, "killed");
+
+    let mut config = server::Config::local("pod-a");
+    config.drain_timeout = Duration::from_millis(300);
+    let drained = TestServer::start_with(config).await;
+    let host = drained.grpc.to_string();
+    let args_drained = args(&host);
+    let argv: Vec<&str> = args_drained.iter().map(String::as_str).collect();
+    let mut client = Running::spawn("grpc-cut-drained", CLIENT_GRPC, &argv);
+    client.wait_for_line(|l| l.starts_with("#1: pod-a")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drained.stop().await;
+    cut_call(&client.finish().await, "drain timeout");
+}
+
+/// Issue 14, item 4: stdout piped into a reader that does not read. The
+/// client used to queue every line in memory (18 → 180 MB in 30 s) and
+/// ignore SIGINT until the pipe drained; now the callers wait for the
+/// output, memory stays flat, and SIGINT ends it within the grace.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blocked_stdout_keeps_memory_flat_and_sigint_still_ends_the_client() {
+    let server = TestServer::start("pod-a").await;
+    let host = server.grpc.to_string();
+    let mut client = common::spawn_unread(
+        "grpc-blocked-stdout",
+        CLIENT_GRPC,
+        &["--host", &host, "--interval", "0", "--concurrency", "32"],
+    );
+    let pid = client.id().expect("client running");
+    // By now the 64 KiB pipe is long full.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = common::rss_kib(pid);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = common::rss_kib(pid);
+    let growth_mib = after.saturating_sub(before) as f64 / 1024.0;
+    eprintln!("RSS {before} KiB -> {after} KiB over 3 s with stdout blocked");
+    // Unbounded, a debug build queued about 1 MiB in these 3 s (a release
+    // build in the probe: 5 MB/s); bounded, it stays within a few KiB.
+    assert!(
+        growth_mib < 0.5,
+        "client memory grew {growth_mib:.1} MiB in 3 s with stdout blocked"
+    );
+
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+    let status = tokio::time::timeout(Duration::from_secs(5), client.wait())
+        .await
+        .expect("SIGINT ends the client although stdout is blocked")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+    let stderr = std::fs::read_to_string(common::log_path("grpc-blocked-stdout")).unwrap();
+    assert!(stderr.contains("stdout is blocked"), "{stderr}");
+    assert!(
+        stderr.contains("--- summary: "),
+        "summary on stderr: {stderr}"
+    );
+}
+
+/// The Go demo's server: getInfo answers the pod name and nothing else.
+struct GoDemo;
+
+#[tonic::async_trait]
+impl proto::Pod for GoDemo {
+    async fn get_info(
+        &self,
+        _: tonic::Request<proto::InfoRequest>,
+    ) -> Result<tonic::Response<proto::InfoResponse>, tonic::Status> {
+        Ok(tonic::Response::new(proto::InfoResponse {
+            name: "go-pod".into(),
+            ..Default::default()
+        }))
+    }
+}
+
+/// Issue 13, section 5: against a server that reports no connection facts
+/// the lines are exactly `#N: <pod>` and the summary says `n/a` (JSON
+/// `null`), not a false `0 distinct`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_without_connection_facts_gives_bare_lines_and_n_a() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let _server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(proto::PodServer::new(GoDemo))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+
+    let out = run_client(
+        "grpc-go-demo",
+        CLIENT_GRPC,
+        &["--host", &host, "--count", "2", "--interval", "0"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.calls(), ["#1: go-pod", "#2: go-pod"]);
+    assert!(
+        out.last_summary()
+            .ends_with("  connections: n/a (the server does not report them)\n"),
+        "{}",
+        out.stdout
+    );
+
+    let out = run_client(
+        "grpc-go-demo-json",
+        CLIENT_GRPC,
+        &["--host", &host, "--count", "2", "--interval", "0", "--json"],
+    )
+    .await;
+    let lines = out.json();
+    assert_eq!(lines[0]["pod"], "go-pod");
+    assert!(lines[0].get("conn_requests").is_none(), "{}", lines[0]);
+    let summary = &lines[2]["summary"];
+    assert_eq!(summary["connections"], serde_json::Value::Null, "{summary}");
+    assert_eq!(
+        summary["max_connection_requests"],
+        serde_json::Value::Null,
+        "{summary}"
+    );
 }

@@ -6,6 +6,7 @@ mod conn;
 mod echo;
 mod grpc;
 mod http;
+mod track;
 
 use std::{
     future::Future,
@@ -16,16 +17,26 @@ use std::{
 
 use anyhow::Context as _;
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::{StreamExt as _, wrappers::TcpListenerStream};
+use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
-pub use conn::ConnInfo;
+pub use conn::{ConnInfo, ConnTimeouts};
 pub use http::{HttpState, app as http_app};
 
 /// Largest gRPC message the server decodes. Requests are a few bytes; anything
 /// near this is garbage or abuse and gets OUT_OF_RANGE (tonic's code for
 /// it). Applies to every service on the port, health and reflection too.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Concurrent gRPC calls (HTTP/2 streams) one connection may have open;
+/// further streams are refused (`REFUSED_STREAM`) until one ends. RFC 9113
+/// recommends no less than 100; without a limit, one connection opening
+/// thousands of never-finished streams held megabytes per thousand.
+pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+
+/// How much longer than `max_delay` a call may take by default before the
+/// server cuts it (`--call-timeout`).
+pub const CALL_TIMEOUT_MARGIN: Duration = Duration::from_secs(5);
 
 /// Everything the server needs, as a plain struct tests build directly.
 #[derive(Clone, Debug)]
@@ -40,6 +51,12 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Upper bound for a request's `delay_ms`.
     pub max_delay: Duration,
+    /// Every gRPC call is cut (CANCELLED) after this long, its stream reset:
+    /// a client that never finishes its request cannot hold a stream. Must
+    /// exceed `max_delay`.
+    pub call_timeout: Duration,
+    /// Connection timeouts, both ports.
+    pub timeouts: ConnTimeouts,
 }
 
 impl Config {
@@ -52,7 +69,27 @@ impl Config {
             drain_grace: Duration::ZERO,
             drain_timeout: Duration::from_secs(10),
             max_delay: Duration::from_secs(30),
+            call_timeout: Duration::from_secs(30) + CALL_TIMEOUT_MARGIN,
+            timeouts: ConnTimeouts {
+                header: Duration::from_secs(10),
+                idle: Duration::from_secs(60),
+            },
         }
+    }
+
+    /// What flags cannot check one by one; the error names the flags.
+    pub fn check(&self) -> Result<(), String> {
+        if self.call_timeout <= self.max_delay {
+            return Err(format!(
+                "--call-timeout ({}) must exceed --max-delay ({})",
+                humantime::format_duration(self.call_timeout),
+                humantime::format_duration(self.max_delay)
+            ));
+        }
+        if self.timeouts.header.is_zero() || self.timeouts.idle.is_zero() {
+            return Err("--header-timeout and --idle-timeout must be greater than 0".into());
+        }
+        Ok(())
     }
 }
 
@@ -93,6 +130,10 @@ impl Server {
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let (grpc_addr, http_addr) = (self.grpc_addr(), self.http_addr());
         let Self { config, grpc, http } = self;
+        config.check().map_err(anyhow::Error::msg)?;
+        // Cancelled when the drain timeout passes: every connection still
+        // open is closed under its calls.
+        let cut = CancellationToken::new();
         let pod_name: Arc<str> = config.pod_name.as_str().into();
         let serving = Arc::new(AtomicBool::new(true));
         let (drain_tx, drain_rx) = watch::channel(false);
@@ -117,10 +158,13 @@ impl Server {
             proto::PodServer::new(grpc::PodService::new(pod_name.clone(), config.max_delay))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
-        let incoming = TcpListenerStream::new(grpc)
-            .map(|accepted| accepted.and_then(conn::TrackedStream::new));
+        let incoming =
+            conn::Acceptor::new("gRPC", grpc, config.timeouts, cut.clone()).into_stream();
         let mut grpc_task = tokio::spawn(
             tonic::transport::Server::builder()
+                .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+                .timeout(config.call_timeout)
+                .layer(track::TrackRequestsLayer)
                 .add_service(health_service.max_decoding_message_size(MAX_MESSAGE_BYTES))
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
@@ -134,15 +178,21 @@ impl Server {
         });
         let mut http_task = tokio::spawn(
             axum::serve(
-                http,
-                http_app.into_make_service_with_connect_info::<ConnInfo>(),
+                conn::Acceptor::new("HTTP", http, config.timeouts, cut.clone()),
+                http_app
+                    .layer(track::TrackRequestsLayer)
+                    .into_make_service_with_connect_info::<ConnInfo>(),
             )
             .with_graceful_shutdown(drained(drain_rx))
             .into_future(),
         );
 
         log::info!(
-            "pod {pod_name}: gRPC on {grpc_addr}, HTTP on {http_addr} (health, reflection v1/v1alpha)"
+            "pod {pod_name}: gRPC on {grpc_addr}, HTTP on {http_addr} (health, reflection v1/v1alpha); \
+             calls cut after {}, connections closed {} without a first request, {} idle",
+            humantime::format_duration(config.call_timeout),
+            humantime::format_duration(config.timeouts.header),
+            humantime::format_duration(config.timeouts.idle),
         );
 
         tokio::select! {
@@ -168,8 +218,8 @@ impl Server {
         let _ = drain_tx.send(true);
 
         let finished = tokio::time::timeout(config.drain_timeout, async {
-            let grpc = grpc_task.await;
-            let http = http_task.await;
+            let grpc = (&mut grpc_task).await;
+            let http = (&mut http_task).await;
             (grpc, http)
         })
         .await;
@@ -179,10 +229,15 @@ impl Server {
                 http.context("HTTP server task")?.context("HTTP server")?;
                 log::info!("drained, exiting");
             }
-            Err(_) => log::warn!(
-                "drain timeout {:?} reached: closing remaining connections",
-                config.drain_timeout
-            ),
+            Err(_) => {
+                log::warn!(
+                    "drain timeout {:?} reached: closing remaining connections",
+                    config.drain_timeout
+                );
+                cut.cancel();
+                grpc_task.abort();
+                http_task.abort();
+            }
         }
         Ok(())
     }

@@ -24,6 +24,19 @@ struct Args {
     /// Largest `delay_ms` a caller may ask for.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     max_delay: Duration,
+    /// Every gRPC call is cut (CANCELLED, stream reset) after this long; must
+    /// exceed --max-delay. [default: --max-delay + 5s]
+    #[arg(long, env = "CALL_TIMEOUT", value_parser = humantime::parse_duration)]
+    call_timeout: Option<Duration>,
+    /// Close a connection (either port) whose first request has not arrived
+    /// this long after it was accepted: an HTTP/2 preface alone, or HTTP/1.1
+    /// header lines trickling in.
+    #[arg(long, env = "HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    header_timeout: Duration,
+    /// Close a connection (either port) that has had no request in flight
+    /// this long.
+    #[arg(long, env = "IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
 }
 
 fn hostname() -> String {
@@ -48,7 +61,19 @@ async fn main() -> ExitCode {
         drain_grace: args.drain_grace,
         drain_timeout: args.drain_timeout,
         max_delay: args.max_delay,
+        call_timeout: args
+            .call_timeout
+            .unwrap_or(args.max_delay + server::CALL_TIMEOUT_MARGIN),
+        timeouts: server::ConnTimeouts {
+            header: args.header_timeout,
+            idle: args.idle_timeout,
+        },
     };
+    if let Err(e) = config.check() {
+        // EX_USAGE, as for any other bad flag.
+        eprintln!("server: {e}");
+        return ExitCode::from(64);
+    }
     let server = match server::Server::bind(config).await {
         Ok(server) => server,
         Err(e) => {

@@ -76,6 +76,64 @@ impl Drop for TestServer {
     }
 }
 
+/// A server on its own runtime and thread: [`KillableServer::kill`] drops
+/// that runtime, which closes every socket at once, as killing the process
+/// would (a [`TestServer`] shares the test's runtime, which lives on).
+pub struct KillableServer {
+    pub grpc: SocketAddr,
+    kill: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl KillableServer {
+    pub fn start(pod: &str) -> Self {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (kill, killed) = oneshot::channel::<()>();
+        let config = server::Config::local(pod);
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("a runtime for the server");
+            runtime.block_on(async move {
+                let server = server::Server::bind(config).await.expect("bind");
+                addr_tx.send(server.grpc_addr()).expect("test waits");
+                tokio::spawn(server.serve(std::future::pending()));
+                let _ = killed.await;
+            });
+            // `runtime` drops here with every task and socket it owns.
+        });
+        let grpc = addr_rx
+            .recv_timeout(DEADLINE)
+            .expect("killable server bound");
+        Self {
+            grpc,
+            kill: Some(kill),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn kill(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for KillableServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// A port nothing listens on: bound, then released.
 pub fn closed_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -227,13 +285,18 @@ impl Running {
     }
 
     /// Sends `signal` (e.g. "INT") and collects the rest of the output.
-    pub async fn signal_and_finish(mut self, signal: &str) -> Output {
+    pub async fn signal_and_finish(self, signal: &str) -> Output {
         let pid = self.child.id().expect("client still running").to_string();
         let sent = std::process::Command::new("kill")
             .args([&format!("-{signal}"), &pid])
             .status()
             .expect("run kill");
         assert!(sent.success(), "kill -{signal} {pid}");
+        self.finish().await
+    }
+
+    /// Collects the rest of the output until the client exits by itself.
+    pub async fn finish(mut self) -> Output {
         let finish = async {
             while let Some(line) = self.stdout.next_line().await.expect("read stdout") {
                 self.seen.push(line);
@@ -242,7 +305,7 @@ impl Running {
         };
         let status = tokio::time::timeout(DEADLINE, finish)
             .await
-            .unwrap_or_else(|_| panic!("{}: did not exit after SIG{signal}", self.name));
+            .unwrap_or_else(|_| panic!("{}: did not exit within {DEADLINE:?}", self.name));
         let stderr = std::fs::read_to_string(log_path(&self.name)).unwrap();
         Output {
             status,
@@ -250,6 +313,25 @@ impl Running {
             stderr,
         }
     }
+}
+
+/// A client whose stdout is a pipe nobody reads (`client | less`, not
+/// scrolling): it fills and then blocks every write. Killed on drop.
+pub fn spawn_unread(name: &str, bin: &str, args: &[&str]) -> Child {
+    let log = std::fs::File::create(log_path(name)).unwrap();
+    command(bin, args, Stdio::from(log))
+        .spawn()
+        .expect("spawn the client")
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc status")
 }
 
 /// `#N: rest` → (N, rest).
