@@ -297,7 +297,6 @@ func keys(m map[string]bool) []string {
 	return out
 }
 
-
 // ---- inputs ----------------------------------------------------------------
 
 // loadInputs reads what a cluster would hold: the Services and Deployments of
