@@ -7,7 +7,9 @@ VENV    ?= $(CURDIR)/.venv
 ENVOY   ?= $(VENV)/bin/envoy
 HUB     ?= localhost/grpc-lb
 TAG     ?= latest
-ISTIO_CRDS ?= $(CURDIR)/../shared/schemas/istio-crd-all.gen.yaml
+# Istio's CRDs for tests/manifests: unset = those of the istio.io/istio module
+# tools/istio-oracle pins (Go module cache; fetched by go when missing).
+ISTIO_CRDS ?=
 
 export ENVOY ISTIO_CRDS
 

@@ -20,7 +20,7 @@ var deliberateDifferences = []deliberate{
 	{"absent_in_mesh", []string{"outbound|80||server.default.svc.cluster.local", "inbound|8080||"},
 		"The HTTP port (Service port 80, container port 8080): the local mesh runs no sidecar on that path; its HTTP client goes through the kube-proxy stand-in to the app, the L4 half of the demo (L4 vs L7). istiod's rendering for it is in istiod.json; if the mesh renders these clusters, they are compared like the rest."},
 	{"cluster", []string{"type", "eds_cluster_config", "load_assignment"},
-		"Endpoints: the local mesh lists the loopback addresses of the server sidecars (STATIC) where istiod sends the pod IPs by EDS. The same pods, in the same order, under the same lb_policy: which pod serves a call is decided the same way."},
+		"Endpoints: the local mesh lists the loopback addresses of the server sidecars (STATIC) where istiod sends the pod IPs by EDS. The same number of pods under the same lb_policy and pool settings (all compared): calls spread over them the same way."},
 	{"inbound_cluster", []string{"type", "lb_policy", "upstream_bind_config", "cleanup_interval", "original_dst_lb_config"},
 		"Inbound: istiod forwards to the original destination (ORIGINAL_DST, CLUSTER_PROVIDED, bound to 127.0.0.6 for iptables); the local mesh has no iptables and names the app's loopback port (STATIC, one endpoint). One endpoint either way: the pool settings, compared, are what count."},
 	{"cluster", []string{"transport_socket", "transport_socket_matches"},
@@ -43,6 +43,8 @@ var deliberateDifferences = []deliberate{
 		"Route naming and matching: the local mesh has one service per listener (the client dials its own sidecar), so the match picks the same destination; decorator and metadata feed tracing and telemetry."},
 	{"route_action", []string{"cluster_not_found_response_code"},
 		"The cluster exists in both renderings (compared above), so the not-found code never applies."},
+	{"http_filter_field", []string{"config_discovery"},
+		"ECDS instead of an inline filter: istiod sends the wasm filter as an extension config (compared field by field, as the filter Envoy runs); how it is fetched (ADS, type_urls Wasm+RBAC, the RBAC allow/deny stand-in istio-agent uses when the module cannot be fetched) is the agent's business. The local mesh loads the module from a local file at start; failure_policy, compared, says what happens if it does not load."},
 	{"wasm_env", []string{"ISTIO_META_*"},
 		"VM environment keys istiod adds for istio-agent (resource version, pull policy, pull secret): the agent deletes every ISTIO_META_* key before Envoy gets the filter (pkg/wasm/convert.go rewriteVMConfig), so neither Envoy nor the module sees them."},
 	{"wasm_vm", []string{"code"},
@@ -62,4 +64,19 @@ func isDeliberate(kind, field string) bool {
 		}
 	}
 	return false
+}
+
+// deliberateMarkdown is the table as docs/istio-check.md shows it (a test
+// keeps the page in step with the code).
+func deliberateMarkdown() string {
+	var b strings.Builder
+	b.WriteString("| where | fields | why it cannot change what the demo shows |\n|---|---|---|\n")
+	for _, d := range deliberateDifferences {
+		fields := make([]string, len(d.fields))
+		for i, f := range d.fields {
+			fields[i] = "`" + strings.ReplaceAll(f, "|", `\|`) + "`"
+		}
+		b.WriteString("| " + d.kind + " | " + strings.Join(fields, ", ") + " | " + d.why + " |\n")
+	}
+	return b.String()
 }

@@ -333,6 +333,9 @@ func hcmFacts(f facts, key string, h hcmRef, s *sidecar) {
 		}
 		cfg := getObj(hf, "typed_config")
 		if cd := getObj(hf, "config_discovery"); cd != nil {
+			if !isDeliberate("http_filter_field", "config_discovery") {
+				f.add(key+" "+name+" config_discovery", originWasm, cd)
+			}
 			// ECDS: the config is the extension config of that name.
 			cfg = getObj(findByName(s.ExtensionConfigs, name), "typed_config")
 			if cfg == nil {

@@ -19,6 +19,7 @@ const usage = `usage:
   istio-oracle render --istio-dir DIR --experiment NAME --pods N --out FILE
   istio-oracle compare ISTIOD_JSON MESH_JSON --source FILE [--istio-dir DIR]
   istio-oracle facts RENDERING_JSON     (what compare reads from one rendering)
+  istio-oracle deliberate                (the differences compare leaves out, and why)
   istio-oracle version
 `
 
@@ -40,6 +41,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCompare(args[1:], stdout, stderr)
 	case "facts":
 		return cmdFacts(args[1:], stdout, stderr)
+	case "deliberate":
+		fmt.Fprint(stdout, deliberateMarkdown())
+		return 0
 	case "version":
 		fmt.Fprintf(stdout, "istiod %s\n", istioVersion())
 		return 0

@@ -133,13 +133,12 @@ func render(dir, experiment string, pods int) (*Rendering, error) {
 		})
 		client := s.SetupProxy(proxyFor(in.client, "client-grpc-0", clientIP))
 		server := s.SetupProxy(proxyFor(in.server, podName(in.server, 0), in.podIPs[0]))
-		out.Client, err = renderClient(s, client, in.svc)
-		if err != nil {
-			t.Fatal(err)
+		var rerr error
+		if out.Client, rerr = renderClient(s, client, in.svc); rerr != nil {
+			t.Fatal(rerr)
 		}
-		out.Server, err = renderServer(s, server, in)
-		if err != nil {
-			t.Fatal(err)
+		if out.Server, rerr = renderServer(s, server, in); rerr != nil {
+			t.Fatal(rerr)
 		}
 	})
 	if err != nil {
