@@ -351,15 +351,16 @@ need-go = command -v $(GO) >/dev/null 2>&1 || { echo "error: go not found - fix:
 istio-oracle: $(ORACLE) ## build the Istio oracle (Go, against istio.io/istio) into target/istio-oracle/
 
 # Rebuilt only when its sources change. The first build downloads istio.io/istio
-# and its dependencies and compiles ~2000 packages: minutes, with progress.
+# and its dependencies (~150 MB) and compiles ~1800 packages (~2.5 GB of Go
+# build cache): minutes, with progress.
 $(ORACLE): $(ORACLE_SRC)
 	@$(need-go)
 	@mkdir -p $(dir $@)
 	@if [ ! -d "$$($(GO) env GOMODCACHE)/istio.io/istio@$(ISTIO_MOD)" ]; then \
-	  echo "istio-oracle: first build: downloading istio.io/istio $(ISTIO_MOD) and its dependencies (a few hundred MB) ..."; \
+	  echo "istio-oracle: first build: downloading istio.io/istio $(ISTIO_MOD) and its dependencies (~150 MB) ..."; \
 	  (cd $(ORACLE_DIR) && $(GO) mod download) || exit 1; \
 	fi
-	@echo "+ cd $(ORACLE_DIR) && $(GO) build -v -o $(CURDIR)/$@ .   (first build: ~2000 packages, several minutes; a line per 100)"
+	@echo "+ cd $(ORACLE_DIR) && $(GO) build -v -o $(CURDIR)/$@ .   (first build: ~1800 packages, several minutes; a line per 100)"
 	@cd $(ORACLE_DIR) && { $(GO) build -v -o $(CURDIR)/$@ . 2>&1; echo "go-build-exit=$$?"; } | awk ' \
 	  /^go-build-exit=/ { code = substr($$0, 15); next } \
 	  /^#|: |^go: / { print; fflush(); next } \
