@@ -365,8 +365,8 @@ $(ORACLE): $(ORACLE_SRC)
 	  /^go-build-exit=/ { code = substr($$0, 15); next } \
 	  /^#|: |^go: / { print; fflush(); next } \
 	  { n++; if (n % 100 == 0) { printf "  istio-oracle: %d packages compiled (%s)\n", n, $$0; fflush() } } \
-	  END { if (n) printf "  istio-oracle: %d packages compiled\n", n; exit code }'
-	@echo "$@: istiod $$($@ version | sed 's/^istiod //')"
+	  END { if (n) printf "  istio-oracle: %d package%s compiled\n", n, (n == 1 ? "" : "s"); exit code }'
+	@echo "$@: $$($@ version)"
 
 test-oracle: ## the oracle's own unit tests (go test)
 	@$(need-go)

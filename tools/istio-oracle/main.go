@@ -45,7 +45,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, deliberateMarkdown())
 		return 0
 	case "version":
-		fmt.Fprintf(stdout, "istiod %s\n", istioVersion())
+		fmt.Fprintf(stdout, "istiod %s\n", istioRelease())
 		return 0
 	default:
 		fmt.Fprintf(stderr, "error: unknown command %q\n%s", args[0], usage)
