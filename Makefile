@@ -65,7 +65,7 @@ release: ## release binaries (server, client-grpc, client-http, mesh)
 
 # ---- test ------------------------------------------------------------------
 
-test: setup test-rust test-manifests test-oracle ## everything CI runs
+test: setup test-rust test-manifests test-oracle istio-check ## everything CI runs
 
 test-rust: setup wasm venv bench-deps ## the Rust tests only (unit, in-Envoy, mesh scenarios, bench smoke)
 	$(CARGO) build --workspace --bins
