@@ -7,7 +7,9 @@ VENV    ?= $(CURDIR)/.venv
 ENVOY   ?= $(VENV)/bin/envoy
 HUB     ?= localhost/grpc-lb
 TAG     ?= latest
-ISTIO_CRDS ?= $(CURDIR)/../shared/schemas/istio-crd-all.gen.yaml
+# Istio's CRDs for tests/manifests: unset = those of the istio.io/istio module
+# tools/istio-oracle pins (Go module cache; fetched by go when missing).
+ISTIO_CRDS ?=
 
 export ENVOY ISTIO_CRDS
 
@@ -63,7 +65,7 @@ release: ## release binaries (server, client-grpc, client-http, mesh)
 
 # ---- test ------------------------------------------------------------------
 
-test: setup test-rust test-manifests ## everything CI runs
+test: setup test-rust test-manifests test-oracle istio-check ## everything CI runs
 
 test-rust: setup wasm venv bench-deps ## the Rust tests only (unit, in-Envoy, mesh scenarios, bench smoke)
 	$(CARGO) build --workspace --bins
@@ -337,3 +339,61 @@ bench-deps: rust-targets ## h2load (Debian nghttp2-client) and the empty proxy-w
 bench: setup wasm bench-deps ## measure the filter's cost in Envoy, echo server vs tonic, churn (BENCH_ARGS=--quick)
 	$(CARGO) build --release -p bench -p server -p clients
 	$(CARGO) run -q --release -p bench --bin bench -- $(BENCH_ARGS)
+
+# ---- Istio check -------------------------------------------------------------
+
+# Istio's own Go code judges istio/ (or ISTIO_DIR, laid out the same way):
+# validate = istiod's webhook validation + the CRDs' schema and CEL rules;
+# then, per experiment (none + each file of destinationrules/), istiod's
+# rendering next to the local mesh's, compared field by field. Both
+# renderings stay in target/istio-check/<experiment>/ for `diff`.
+# docs/istio-check.md says what is compared and what is left out on purpose.
+.PHONY: istio-check istio-oracle test-oracle
+
+GO          ?= go
+ISTIO_DIR   ?= istio
+ORACLE_DIR  := tools/istio-oracle
+ORACLE      := target/istio-oracle/istio-oracle
+ORACLE_SRC  := $(ORACLE_DIR)/go.mod $(ORACLE_DIR)/go.sum $(filter-out %_test.go,$(wildcard $(ORACLE_DIR)/*.go))
+ISTIO_CHECK := target/istio-check
+ISTIO_MOD    = $(shell awk '$$1 == "istio.io/istio" { print $$2 }' $(ORACLE_DIR)/go.mod)
+EXPERIMENTS  = none $(basename $(notdir $(wildcard $(ISTIO_DIR)/destinationrules/*.yaml)))
+
+need-go = command -v $(GO) >/dev/null 2>&1 || { echo "error: go not found - fix: install Go 1.26 or newer (https://go.dev/doc/install), or set GO=/path/to/go" >&2; exit 1; }
+
+istio-oracle: $(ORACLE) ## build the Istio oracle (Go, against istio.io/istio) into target/istio-oracle/
+
+# Rebuilt only when its sources change. The first build downloads istio.io/istio
+# and its dependencies (~150 MB) and compiles ~1800 packages (~2.5 GB of Go
+# build cache): minutes, with progress.
+$(ORACLE): $(ORACLE_SRC)
+	@$(need-go)
+	@mkdir -p $(dir $@)
+	@if [ ! -d "$$($(GO) env GOMODCACHE)/istio.io/istio@$(ISTIO_MOD)" ]; then \
+	  echo "istio-oracle: first build: downloading istio.io/istio $(ISTIO_MOD) and its dependencies (~150 MB) ..."; \
+	  (cd $(ORACLE_DIR) && $(GO) mod download) || exit 1; \
+	fi
+	@echo "+ cd $(ORACLE_DIR) && $(GO) build -v -o $(CURDIR)/$@ .   (first build: ~1800 packages, several minutes; a line per 100)"
+	@cd $(ORACLE_DIR) && { $(GO) build -v -o $(CURDIR)/$@ . 2>&1; echo "go-build-exit=$$?"; } | awk ' \
+	  /^go-build-exit=/ { code = substr($$0, 15); next } \
+	  /^#|: |^go: / { print; fflush(); next } \
+	  { n++; if (n % 100 == 0) { printf "  istio-oracle: %d packages compiled (%s)\n", n, $$0; fflush() } } \
+	  END { if (n) printf "  istio-oracle: %d package%s compiled\n", n, (n == 1 ? "" : "s"); exit code }'
+	@echo "$@: $$($@ version)"
+
+test-oracle: ## the oracle's own unit tests (go test)
+	@$(need-go)
+	cd $(ORACLE_DIR) && $(GO) test ./...
+
+istio-check: $(ORACLE) ## Istio's own code on ISTIO_DIR (default istio/): validate, then istiod vs the local mesh per experiment
+	$(ORACLE) validate $(ISTIO_DIR)
+	@fail=0; for e in $(EXPERIMENTS); do \
+	  out=$(ISTIO_CHECK)/$$e; mkdir -p $$out; \
+	  if [ $$e = none ]; then src=none; else src=$(ISTIO_DIR)/destinationrules/$$e.yaml; fi; \
+	  echo "+ istio-check $$e: $$out/istiod.json (istiod) vs $$out/mesh.json (mesh render)"; \
+	  $(ORACLE) render --istio-dir $(ISTIO_DIR) --experiment $$e --pods 3 --out $$out/istiod.json || { fail=1; continue; }; \
+	  $(CARGO) run -q -p mesh -- render --istio-dir $(ISTIO_DIR) --experiment $$e --pods 3 --out $$out/mesh.json || { fail=1; continue; }; \
+	  $(ORACLE) compare $$out/istiod.json $$out/mesh.json --source $$src --istio-dir $(ISTIO_DIR) || fail=1; \
+	done; \
+	if [ $$fail = 0 ]; then echo "istio-check: $(ISTIO_DIR) passes Istio's validation and the local mesh renders what istiod renders ($(EXPERIMENTS))"; \
+	else echo "istio-check: FAILED (renderings in $(ISTIO_CHECK)/<experiment>/: diff them)" >&2; exit 1; fi

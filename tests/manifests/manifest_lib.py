@@ -4,8 +4,9 @@ Two validators, and every document must go through exactly one of them:
 - core Kubernetes kinds: the `kubernetes-validate --strict` CLI (PyPI), which
   ships the upstream JSON schemas per Kubernetes version;
 - Istio kinds (*.istio.io): the openAPIV3Schema of their CustomResourceDefinition
-  from $ISTIO_CRDS, turned into JSON Schema with the API server's semantics
-  (unknown fields are errors unless x-kubernetes-preserve-unknown-fields).
+  (from the istio.io/istio module tools/istio-oracle pins, or $ISTIO_CRDS),
+  turned into JSON Schema with the API server's semantics (unknown fields are
+  errors unless x-kubernetes-preserve-unknown-fields).
 """
 
 from __future__ import annotations
@@ -90,11 +91,24 @@ def kubernetes_validate(docs: list[dict], version: str, name: str) -> subprocess
 
 
 def crd_path() -> Path:
-    path = Path(os.environ.get("ISTIO_CRDS", ROOT.parent / "shared" / "schemas" / "istio-crd-all.gen.yaml"))
-    assert path.is_file(), (
-        f"Istio CRD file {path} not found: set ISTIO_CRDS to crd-all.gen.yaml from an Istio release "
-        "(istio/istio manifests/charts/base/files/crd-all.gen.yaml)"
+    """Istio's CRDs: $ISTIO_CRDS, else the ones the istio.io/istio module pinned by
+    tools/istio-oracle ships (downloaded into the Go module cache when missing)."""
+    if os.environ.get("ISTIO_CRDS"):
+        path = Path(os.environ["ISTIO_CRDS"])
+        assert path.is_file(), f"ISTIO_CRDS={path}: no such file (crd-all.gen.yaml of an Istio release)"
+        return path
+    go = shutil.which("go")
+    assert go, "go not found: it fetches Istio's CRDs (install Go 1.26+, https://go.dev/doc/install, or set ISTIO_CRDS)"
+    proc = subprocess.run(
+        [go, "mod", "download", "-json", "istio.io/istio"],
+        cwd=ROOT / "tools" / "istio-oracle",
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
+    assert proc.returncode == 0, f"go mod download istio.io/istio failed:\n{proc.stdout}{proc.stderr}"
+    path = Path(json.loads(proc.stdout)["Dir"]) / "manifests" / "charts" / "base" / "files" / "crd-all.gen.yaml"
+    assert path.is_file(), f"{path} missing from the istio.io/istio module"
     return path
 
 

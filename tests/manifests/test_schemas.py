@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from manifest_lib import ISTIO, KUBE_VERSIONS, STANDALONE, ident, is_istio, kubernetes_validate, kustomize
+from manifest_lib import ISTIO, KUBE_VERSIONS, STANDALONE, find, ident, is_istio, kubernetes_validate, kustomize
 
 
 def test_kustomizations_render_the_expected_objects(all_docs, base_docs):
@@ -29,11 +29,23 @@ def test_kustomizations_render_the_expected_objects(all_docs, base_docs):
             "VirtualService/server",
             "VirtualService/server-ingress",
             "WasmPlugin/upstream-tagger",
+            "Sidecar/server",
             "DestinationRule/server",
             "DestinationRule/server",
             "DestinationRule/server",
         ]
     )
+
+
+def test_sidecar_pins_the_inbound_pool_of_the_server_pods(all_docs):
+    # Two Services (server, server-headless) select the server pods on 30051:
+    # without a Sidecar, istiod would take the inbound pool from the
+    # DestinationRule of whichever was created first.
+    sidecar = find(all_docs, "Sidecar", "server")
+    selector = find(all_docs, "Service", "server")["spec"]["selector"]
+    assert sidecar["spec"]["workloadSelector"]["labels"] == selector
+    assert sidecar["spec"]["inboundConnectionPool"], "the Sidecar exists to state the inbound pool"
+    assert find(all_docs, "Service", "server-headless")["spec"]["selector"] == selector
 
 
 def test_standalone_files_are_not_in_a_kustomization():
@@ -58,7 +70,7 @@ def test_core_kinds_pass_kubernetes_validate_strict(all_docs, version):
 
 def test_istio_kinds_pass_their_crd_schema(all_docs, istio_schemas):
     istio = [d for d in all_docs if is_istio(d)]
-    assert len(istio) == 7
+    assert len(istio) == 8
     problems = [p for d in istio for p in istio_schemas.errors(d)]
     assert problems == []
 

@@ -1,5 +1,5 @@
 """istio/wasmplugin.yaml and the server's stats annotation, loaded into real Envoy
-the way istiod + istio-agent would (../shared/docs/ISTIO-ENVOY.md §1, §3):
+the way istiod + istio-agent would (docs/istio-translation.md, WasmPlugin):
 the filter accepts our pluginConfig, it is exactly the defaults, the built
 binaries get tagged responses through it, and the proxyStatsMatcher prefix
 lets the filter's metrics through.
