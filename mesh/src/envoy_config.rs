@@ -118,9 +118,10 @@ pub fn client_sidecar(
         // ...and no cap on the client's own grpc-timeout.
         "max_grpc_timeout": "0s",
         "retry_policy": {
-            // Istio's default policy (`retry.go` DefaultPolicy), 503 included.
+            // Istio's default policy (`retry.go` DefaultPolicy). It names
+            // retriable-status-codes but lists no code: codes come only from
+            // a VirtualService's retryOn (checked against istiod by the oracle).
             "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
-            "retriable_status_codes": [503],
             "num_retries": 2,
             "retry_host_predicate": [{
                 "name": "envoy.retry_host_predicates.previous_hosts",
@@ -218,8 +219,9 @@ pub fn server_sidecar(
                 "routes": [{"match": {"prefix": "/"}, "route": {
                     "cluster": cluster,
                     "timeout": "0s",
-                    // istiod's default inbound route: grpc-timeout honoured, uncapped.
-                    "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+                    // istiod's default inbound route: no stream limit, and the
+                    // client's grpc-timeout honoured, uncapped.
+                    "max_stream_duration": {"max_stream_duration": "0s", "grpc_timeout_header_max": "0s"},
                 }}],
             }],
         },
@@ -300,10 +302,7 @@ mod tests {
         assert_eq!(route["timeout"], "0s");
         assert_eq!(route["max_grpc_timeout"], "0s");
         assert_eq!(route["retry_policy"]["num_retries"], 2);
-        assert_eq!(
-            route["retry_policy"]["retriable_status_codes"],
-            json!([503])
-        );
+        assert_eq!(route["retry_policy"].get("retriable_status_codes"), None);
     }
 
     #[test]

@@ -172,7 +172,7 @@ fn every_connection_pool_field_renders_to_its_cluster_field_and_envoy_accepts_it
         ("/circuit_breakers/thresholds/0/max_retries", json!(2)),
         (
             "/circuit_breakers/thresholds/0/track_remaining",
-            json!(true),
+            json!(false),
         ),
         (
             "/upstream_connection_options/tcp_keepalive/keepalive_probes",
