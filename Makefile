@@ -34,6 +34,21 @@ wasm-opt = if $(MAKE) --no-print-directory -s wasm-opt-tool; then \
 	  [ "$(1)" = "$(2)" ] || cp $(1) $(2) || exit 1; \
 	fi
 
+# $(call wasm-exports,IN,OUT): OUT is IN exporting only $(WASM_EXPORTS)
+# (wasm-metadce's graph: a root reaching each kept export). Without binaryen
+# OUT is IN with every export: same behaviour, Envoy only calls more of it.
+wasm-exports = if $(MAKE) --no-print-directory -s wasm-opt-tool && command -v $(WASM_METADCE) >/dev/null 2>&1; then \
+	  { printf '[{"name":"root","root":true,"reaches":['; sep=; \
+	    for e in $(WASM_EXPORTS); do printf '%s"%s"' "$$sep" "$$e"; sep=,; done; printf ']}'; \
+	    for e in $(WASM_EXPORTS); do printf ',{"name":"%s","export":"%s"}' "$$e" "$$e"; done; \
+	    printf ']\n'; } > $(2).graph.json || exit 1; \
+	  echo "$(WASM_METADCE) -f $(2).graph.json $(1) -o $(2)"; \
+	  $(WASM_METADCE) $(WASM_FEATURES) -f $(2).graph.json $(1) -o $(2) >/dev/null || exit 1; \
+	else \
+	  echo "warning: wasm-metadce unavailable: $(2) keeps every SDK callback exported (same behaviour; Envoy calls into V8 4 more times per gRPC call) - fix: install binaryen" >&2; \
+	  cp $(1) $(2) || exit 1; \
+	fi
+
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
@@ -113,8 +128,27 @@ WASM_OUT     = $(or $(CARGO_TARGET_DIR),target)/$(WASM_TARGET)/wasm/upstream_tag
 # wasm-opt (binaryen) shrinks what rustc leaves by ~18% (204 KB -> 167 KB):
 # every worker of every sidecar loads the module.
 WASM_OPT       ?= wasm-opt
-WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+WASM_FEATURES  := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
 	--enable-nontrapping-float-to-int
+WASM_OPT_FLAGS := -Oz $(WASM_FEATURES)
+
+# The proxy-wasm SDK exports every callback of the ABI, and Envoy calls each
+# exported one on every stream whether the filter overrides it or not (it
+# skips only what is not exported). The module keeps exported what the
+# filter implements (glue.rs) and what the ABI and the SDK need: start-up,
+# the memory the host writes into and its allocator, creating and freeing
+# contexts. binaryen's wasm-metadce drops the rest before wasm-opt. Measured
+# with callgrind (docs/bench.md, "Where the time goes"): on a real gRPC call
+# (request body, response body, trailers) Envoy then calls into V8 5 times
+# per request instead of 9, 7,900 fewer instructions, 12% of what the filter
+# adds there; on the trailers-only direct_response 1 fewer (proxy_on_log),
+# 1,700. A callback added to glue.rs must be added here, or Envoy never
+# calls it.
+WASM_EXPORTS := memory _initialize proxy_abi_version_0_2_1 proxy_on_memory_allocate \
+	proxy_on_vm_start proxy_on_configure proxy_on_tick proxy_on_context_create \
+	proxy_on_request_headers proxy_on_response_headers proxy_on_done proxy_on_delete
+WASM_METADCE ?= wasm-metadce
+WASM_TRIMMED  = $(WASM_OUT:.wasm=.exports.wasm)
 
 wasm-opt-tool: ## wasm-opt (Debian binaryen), installed when missing
 	@$(call apt-install,$(WASM_OPT),binaryen,macOS: brew install binaryen)
@@ -125,7 +159,8 @@ wasm-opt-tool: ## wasm-opt (Debian binaryen), installed when missing
 wasm: rust-targets ## build the upstream-tagger filter into dist/upstream_tagger.wasm
 	$(CARGO) build -p upstream-tagger --target $(WASM_TARGET) --profile wasm
 	@mkdir -p $(dir $(WASM))
-	@$(call wasm-opt,$(WASM_OUT),$(WASM))
+	@$(call wasm-exports,$(WASM_OUT),$(WASM_TRIMMED))
+	@$(call wasm-opt,$(WASM_TRIMMED),$(WASM))
 	@echo "$(WASM): $$(wc -c < $(WASM)) bytes"
 
 test-filter: wasm venv ## filter unit tests + the filter inside real Envoy (Istio-shaped config)

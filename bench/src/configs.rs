@@ -219,8 +219,8 @@ const INBOUND_CLUSTER: &str = "inbound|30051||";
 
 /// The route and the clusters of `variant`: a `direct_response` shaped like a
 /// gRPC trailers-only OK, or the echo server behind a sidecar.
-fn route_and_clusters(variant: Variant, inputs: &Inputs) -> (Value, Vec<Value>) {
-    let Some(echo) = inputs.echo.filter(|_| variant.is_sidecar()) else {
+fn route_and_clusters(sidecar: bool, inputs: &Inputs) -> (Value, Vec<Value>) {
+    let Some(echo) = inputs.echo.filter(|_| sidecar) else {
         let answer = json!({"match": {"prefix": "/"}, "direct_response": {"status": 200}});
         return (answer, vec![]);
     };
@@ -246,10 +246,18 @@ fn route_and_clusters(variant: Variant, inputs: &Inputs) -> (Value, Vec<Value>) 
 /// The whole bootstrap: admin and listener on ephemeral ports (read back
 /// from the admin API); see [`route_and_clusters`] for what answers.
 pub fn bootstrap(variant: Variant, inputs: &Inputs) -> Value {
-    let (route, clusters) = route_and_clusters(variant, inputs);
+    bootstrap_of(variant.filters(), variant.is_sidecar(), inputs)
+}
+
+/// The bootstrap running the filters of `filters` (a `direct_response`
+/// variant) either on the `direct_response` route or, with `sidecar`, in
+/// front of the echo server: any filter on either path, also pairs the
+/// bench's table has no row for (the empty filter on the real path).
+pub fn bootstrap_of(filters: Variant, sidecar: bool, inputs: &Inputs) -> Value {
+    let (route, clusters) = route_and_clusters(sidecar, inputs);
     // A direct_response carries no gRPC headers of its own: add them. The
     // echo server sends its own.
-    let response_headers: Vec<Value> = if variant.is_sidecar() {
+    let response_headers: Vec<Value> = if sidecar {
         vec![]
     } else {
         vec![
@@ -257,7 +265,7 @@ pub fn bootstrap(variant: Variant, inputs: &Inputs) -> Value {
             json!({"header": {"key": "grpc-status", "value": "0"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}),
         ]
     };
-    let mut http_filters = http_filters(variant, inputs);
+    let mut http_filters = http_filters(filters, inputs);
     http_filters.push(json!({
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},

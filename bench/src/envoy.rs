@@ -45,12 +45,23 @@ pub fn spawn(
     config: &Value,
     pod: &str,
 ) -> anyhow::Result<Starting> {
+    spawn_with(pinned(envoy, cpu), dir, name, config, pod)
+}
+
+/// [`spawn`] with the command that runs Envoy given (for instance Envoy
+/// under valgrind); the Envoy arguments are appended to it.
+pub fn spawn_with(
+    mut command: Command,
+    dir: &Path,
+    name: &str,
+    config: &Value,
+    pod: &str,
+) -> anyhow::Result<Starting> {
     let config_path = dir.join(format!("{name}.envoy.json"));
     std::fs::write(&config_path, serde_json::to_vec_pretty(config)?)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     let admin_path = dir.join(format!("{name}.admin-address"));
     let _ = std::fs::remove_file(&admin_path);
-    let mut command = pinned(envoy, cpu);
     command
         .arg("-c")
         .arg(&config_path)

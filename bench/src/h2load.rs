@@ -28,11 +28,22 @@ pub struct Load<'a> {
     pub body: &'a Path,
     pub clients: u32,
     pub streams: u32,
-    pub duration: Duration,
+    /// How long it loads, or how many requests it sends.
+    pub amount: Amount,
     /// Per-request log (for latency percentiles).
     pub request_log: Option<&'a Path>,
     /// h2load's own output.
     pub output: &'a Path,
+}
+
+/// How much load one invocation applies.
+#[derive(Clone, Copy, Debug)]
+pub enum Amount {
+    /// `-D`: for this long.
+    For(Duration),
+    /// `-n`: exactly this many requests, however long they take (given up
+    /// after `deadline`).
+    Requests { count: u64, deadline: Duration },
 }
 
 /// h2load's summary.
@@ -65,7 +76,10 @@ impl Load<'_> {
             .args(["-t", "1"])
             .arg(format!("-c{}", self.clients))
             .arg(format!("-m{}", self.streams))
-            .arg(format!("-D{}ms", self.duration.as_millis().max(1)))
+            .arg(match self.amount {
+                Amount::For(duration) => format!("-D{}ms", duration.as_millis().max(1)),
+                Amount::Requests { count, .. } => format!("-n{count}"),
+            })
             .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
             .arg("-d")
             .arg(self.body);
@@ -74,7 +88,11 @@ impl Load<'_> {
         }
         command.arg(&self.url);
         let mut proc = Proc::spawn("h2load", command, self.output)?;
-        let status = proc.wait_for_exit(self.duration + Duration::from_secs(30))?;
+        let deadline = match self.amount {
+            Amount::For(duration) => duration + Duration::from_secs(30),
+            Amount::Requests { deadline, .. } => deadline,
+        };
+        let status = proc.wait_for_exit(deadline)?;
         let output = std::fs::read_to_string(self.output)
             .with_context(|| format!("cannot read {}", self.output.display()))?;
         let summary = parse(&output).with_context(|| {

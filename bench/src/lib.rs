@@ -7,6 +7,7 @@
 //! Everything runs for real on 127.0.0.1: Envoy from `.venv`, h2load as the
 //! load generator, each pinned to its own core when the machine has two.
 
+pub mod callgrind;
 pub mod configs;
 pub mod envoy;
 pub mod grpc;

@@ -242,7 +242,7 @@ impl Bench<'_> {
             body,
             clients,
             streams,
-            duration,
+            amount: h2load::Amount::For(duration),
             request_log,
             output,
         }
@@ -394,8 +394,26 @@ fn verify(variant: Variant, envoy: &Envoy, pod: &str, body: &[u8]) -> anyhow::Re
 /// The echo server the sidecar configurations route to, pinned to the
 /// servers' CPU: in a pod, the app and its sidecar share the pod's CPU.
 fn start_echo_server(bench: &Bench, pod: &str, name: &str) -> anyhow::Result<(Proc, SocketAddr)> {
+    echo_server(
+        &bench.tools.server,
+        bench.cores.server,
+        &bench.dir,
+        pod,
+        name,
+    )
+}
+
+/// The release echo server (`server`), answering `getInfo` as `pod`, its
+/// log in `dir/<name>.log`; returns once it has answered one call.
+pub fn echo_server(
+    server: &Path,
+    cpu: Option<usize>,
+    dir: &Path,
+    pod: &str,
+    name: &str,
+) -> anyhow::Result<(Proc, SocketAddr)> {
     let [grpc_addr, http_addr] = free_addrs()?;
-    let mut command = pinned(&bench.tools.server, bench.cores.server);
+    let mut command = pinned(server, cpu);
     command
         .arg("--grpc-addr")
         .arg(grpc_addr.to_string())
@@ -405,7 +423,7 @@ fn start_echo_server(bench: &Bench, pod: &str, name: &str) -> anyhow::Result<(Pr
         .arg(pod)
         // Start-up lines only: logging is not what is compared.
         .env("RUST_LOG", "warn");
-    let mut echo = Proc::spawn(name, command, &bench.dir.join(format!("{name}.log")))?;
+    let mut echo = Proc::spawn(name, command, &dir.join(format!("{name}.log")))?;
     runtime::wait_listening(&mut echo, grpc_addr, Duration::from_secs(20))?;
     verify_server(name, grpc_addr, grpc::GET_INFO_PATH, &grpc::get_info_body())?;
     Ok((echo, grpc_addr))

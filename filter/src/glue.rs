@@ -352,6 +352,11 @@ struct Http {
 
 impl Context for Http {}
 
+// Only the callbacks implemented here (and the root's) stay exported from
+// the module (`WASM_EXPORTS` in the Makefile): Envoy calls every exported
+// callback on every stream, so one the filter leaves at the SDK default
+// would cost a call into V8 for nothing. Implement another callback, add
+// its `proxy_on_*` export there, or Envoy never calls it.
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(shared) = &self.shared else {
