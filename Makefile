@@ -283,7 +283,7 @@ kube-deploy: need-cluster kube-manifests ## deploy server + clients (no sidecars
 istio-inject: need-istioctl need-istio kube-manifests ## add sidecars (istioctl kube-inject, as the Go demo) + Istio routing
 	$(ISTIOCTL) kube-inject -f $(KUBE_OUT)/deploy.yaml -o $(KUBE_OUT)/deploy-injected.yaml
 	$(KUBECTL) apply -n $(NAMESPACE) -f $(KUBE_OUT)/deploy-injected.yaml
-	$(KUBECTL) apply -n $(NAMESPACE) -f istio/virtualservice.yaml -f istio/gateway.yaml
+	$(KUBECTL) apply -n $(NAMESPACE) -f istio/virtualservice.yaml -f istio/gateway.yaml -f istio/sidecar.yaml
 	@for d in $(DEPLOYMENTS); do \
 	  echo "+ $(KUBECTL) rollout status -n $(NAMESPACE) deployment/$$d --timeout=180s"; \
 	  $(KUBECTL) rollout status -n $(NAMESPACE) deployment/$$d --timeout=180s || exit 1; \
@@ -331,8 +331,8 @@ grpcurl: ## call getInfo through the ingress gateway, showing the x-upstream-* h
 kube-delete: need-cluster ## delete everything deployed above
 	$(KUBECTL) delete -n $(NAMESPACE) --ignore-not-found -k istio/base
 	@if $(KUBECTL) get crd wasmplugins.extensions.istio.io >/dev/null 2>&1; then \
-	  echo "+ $(KUBECTL) delete -n $(NAMESPACE) --ignore-not-found -f istio/virtualservice.yaml -f istio/gateway.yaml -f istio/wasmplugin.yaml"; \
-	  $(KUBECTL) delete -n $(NAMESPACE) --ignore-not-found -f istio/virtualservice.yaml -f istio/gateway.yaml -f istio/wasmplugin.yaml || exit 1; \
+	  echo "+ $(KUBECTL) delete -n $(NAMESPACE) --ignore-not-found -f istio/virtualservice.yaml -f istio/gateway.yaml -f istio/sidecar.yaml -f istio/wasmplugin.yaml"; \
+	  $(KUBECTL) delete -n $(NAMESPACE) --ignore-not-found -f istio/virtualservice.yaml -f istio/gateway.yaml -f istio/sidecar.yaml -f istio/wasmplugin.yaml || exit 1; \
 	  echo "+ $(KUBECTL) delete -n $(NAMESPACE) --ignore-not-found destinationrule server"; \
 	  $(KUBECTL) delete -n $(NAMESPACE) --ignore-not-found destinationrule server; \
 	fi

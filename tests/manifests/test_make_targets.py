@@ -111,7 +111,7 @@ def test_istio_inject_injects_applies_routes_then_waits(fakes):
     assert verbs(calls) == [
         "istioctl kube-inject -f target/kube/deploy.yaml -o target/kube/deploy-injected.yaml",
         "kubectl apply -n default -f target/kube/deploy-injected.yaml",
-        "kubectl apply -n default -f istio/virtualservice.yaml -f istio/gateway.yaml",
+        "kubectl apply -n default -f istio/virtualservice.yaml -f istio/gateway.yaml -f istio/sidecar.yaml",
         *ROLLOUTS,
         GET_PODS,
     ]
@@ -165,7 +165,7 @@ def test_kube_delete_removes_workloads_and_istio_objects(fakes):
     assert proc.returncode == 0, proc.stderr
     assert verbs(calls) == [
         "kubectl delete -n default --ignore-not-found -k istio/base",
-        "kubectl delete -n default --ignore-not-found -f istio/virtualservice.yaml -f istio/gateway.yaml -f istio/wasmplugin.yaml",
+        "kubectl delete -n default --ignore-not-found -f istio/virtualservice.yaml -f istio/gateway.yaml -f istio/sidecar.yaml -f istio/wasmplugin.yaml",
         "kubectl delete -n default --ignore-not-found destinationrule server",
     ]
 
