@@ -313,22 +313,31 @@ impl Caller for GrpcCaller {
     }
 }
 
+/// Sends of one getInfo that no server processed, at most: the retry may race
+/// the next connection's close too (a proxy closing after every request), so
+/// once is not enough on a busy machine; a bound keeps a dead peer from
+/// looping.
+const UNPROCESSED_ATTEMPTS: usize = 3;
+
 /// One getInfo. A request the server never processed because its connection
 /// went away first (a proxy that closes after N requests, e.g. Envoy's
-/// `max_requests_per_connection`, or a server draining) is sent once more,
-/// as grpc-go's transparent retry does: the Go demo's client would not report
+/// `max_requests_per_connection`, or a server draining) is sent again, as
+/// grpc-go's transparent retry does: the Go demo's client would not report
 /// it either, and getInfo is read-only anyway.
 async fn get_info(channel: &Channel, shared: &Shared) -> Call {
     let mut result = PodClient::new(channel.clone())
         .get_info(shared.request())
         .await;
-    if let Err(status) = &result
-        && unprocessed(status)
-    {
-        log::debug!("request not processed, its connection went away; sending it again");
-        result = PodClient::new(channel.clone())
-            .get_info(shared.request())
-            .await;
+    for _ in 1..UNPROCESSED_ATTEMPTS {
+        match &result {
+            Err(status) if unprocessed(status) => {
+                log::debug!("request not processed, its connection went away; sending it again");
+                result = PodClient::new(channel.clone())
+                    .get_info(shared.request())
+                    .await;
+            }
+            _ => break,
+        }
     }
     match result {
         Ok(response) => {
