@@ -210,21 +210,27 @@ impl Driver<'_> {
             let _ = std::fs::remove_file(format!("{}.{part}", out.display()));
         }
         let _ = std::fs::remove_file(&out);
-        let mut command = Command::new(VALGRIND);
-        command
-            .args([
-                "--tool=callgrind",
-                // V8 writes and rewrites the code it runs.
-                "--smc-check=all-non-file",
-                "--trace-children=no",
-                "--instr-atstart=no",
-            ])
-            .arg(format!("--callgrind-out-file={}", out.display()))
-            .arg(&self.envoy);
+        let valgrind = vec![
+            VALGRIND.to_owned(),
+            "--tool=callgrind".to_owned(),
+            // V8 writes and rewrites the code it runs.
+            "--smc-check=all-non-file".to_owned(),
+            "--trace-children=no".to_owned(),
+            "--instr-atstart=no".to_owned(),
+            format!("--callgrind-out-file={}", out.display()),
+        ];
         let bootstrap = configs::bootstrap_of(config.filters, config.sidecar, inputs);
         eprintln!("callgrind: {key}: starting Envoy under callgrind (a minute or more)");
-        let envoy = envoy::spawn_with(command, &self.dir, key, &bootstrap, &self.pod)?
-            .wait_ready(Duration::from_secs(1200))?;
+        let envoy = envoy::spawn_with(
+            &valgrind,
+            &self.envoy,
+            None,
+            &self.dir,
+            key,
+            &bootstrap,
+            &self.pod,
+        )?
+        .wait_ready(Duration::from_secs(1200))?;
         self.verify(config, &envoy)?;
         let pid = envoy.pid();
         let opts = self.opts;

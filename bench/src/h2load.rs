@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use mesh::runtime::Proc;
 
-use crate::envoy::pinned;
+use harness::process::pinned;
 
 /// Find h2load on PATH; the error names the command that installs it.
 pub fn locate() -> anyhow::Result<PathBuf> {

@@ -10,6 +10,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail, ensure};
+use harness::process::pinned;
 use mesh::{
     runtime::{self, Proc},
     topology::Artifacts,
@@ -21,7 +22,7 @@ use upstream_tagger::{
 
 use crate::{
     configs::{self, Inputs, Variant},
-    envoy::{self, Envoy, pinned},
+    envoy::{self, Envoy},
     grpc, h2c, h2load, procfs,
     report::{
         self, ChurnRow, Goal, Machine, ProxyRow, Report, ServerRow, Settings, Verdict, median,

@@ -145,6 +145,19 @@ impl Drop for ChildGuard {
     }
 }
 
+/// A command for `program`, run under `taskset -c <cpu>` when `cpu` is
+/// given (taskset execs the program: the pid is the program's).
+pub fn pinned(program: &Path, cpu: Option<usize>) -> Command {
+    match cpu {
+        Some(cpu) => {
+            let mut command = Command::new("taskset");
+            command.arg("-c").arg(cpu.to_string()).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
 /// A port that was free on 127.0.0.1 a moment ago. Prefer binding port 0
 /// and asking the process (see [`crate::envoy::Envoy::listener_addr`]);
 /// use this only where a port must be chosen up front.
@@ -202,6 +215,18 @@ mod tests {
         drop(guard);
         // Reaped by Drop: the pid is gone, not a zombie.
         assert!(!proc_dir.exists());
+    }
+
+    #[test]
+    fn pinned_runs_under_taskset_only_when_asked() {
+        let program = Path::new("/bin/true");
+        let plain = pinned(program, None);
+        assert_eq!(plain.get_program(), "/bin/true");
+        assert_eq!(plain.get_args().count(), 0);
+        let on_one = pinned(program, Some(1));
+        assert_eq!(on_one.get_program(), "taskset");
+        let args: Vec<_> = on_one.get_args().collect();
+        assert_eq!(args, ["-c", "1", "/bin/true"]);
     }
 
     #[test]

@@ -5,10 +5,11 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
+use harness::envoy::{self, Envoy};
 use serde_json::Value;
 
 use crate::{
@@ -245,6 +246,8 @@ pub struct Mesh {
     pub client_pod: String,
     pub dir: PathBuf,
     procs: Vec<Proc>,
+    /// (name for messages, Envoy).
+    envoys: Vec<(String, Envoy)>,
 }
 
 impl Mesh {
@@ -265,6 +268,7 @@ impl Mesh {
             client_pod: pod_names("client-grpc", 1, seed.rotate_left(17)).remove(0),
             dir,
             procs: Vec::new(),
+            envoys: Vec::new(),
         };
 
         let mut needed = Vec::new();
@@ -352,95 +356,70 @@ impl Mesh {
             let addr = addrs.app_grpc(i);
             runtime::wait_listening(&mut mesh.procs[i], addr, deadline)?;
         }
-        for (index, admin) in envoys {
-            mesh.wait_envoy_ready(index, admin, deadline)?;
+        for index in envoys {
+            mesh.wait_envoy_ready(index, deadline)?;
         }
         Ok(mesh)
     }
 
-    /// Write `config`, start Envoy on it; returns (proc index, admin address).
+    /// Start Envoy `name` on `config` (harness's launcher: config and log
+    /// as `<name>.envoy.{json,log}` in the mesh's folder); not yet ready.
     fn spawn_envoy(
         &mut self,
         artifacts: &Artifacts,
         name: &str,
         config: &Value,
         pod_name: Option<&str>,
-    ) -> anyhow::Result<(usize, SocketAddr)> {
-        let path = self.dir.join(format!("{name}.envoy.json"));
-        std::fs::write(&path, serde_json::to_vec_pretty(config)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        let admin: SocketAddr = config
-            .pointer("/admin/address/socket_address")
-            .and_then(|a| Some(format!("{}:{}", a["address"].as_str()?, a["port_value"])))
-            .and_then(|a| a.parse().ok())
-            .context("rendered Envoy config has no admin address")?;
-        let mut command = Command::new(&artifacts.envoy);
-        command
-            .arg("-c")
-            .arg(&path)
-            .args(["--disable-hot-restart", "--concurrency", "1"])
-            .args(["--log-level", "warn", "--component-log-level", "wasm:info"]);
-        if let Some(pod) = pod_name {
+    ) -> anyhow::Result<usize> {
+        let options = envoy::Options {
+            binary: Some(artifacts.envoy.clone()),
+            log_level: "warn".into(),
+            component_log_level: "wasm:info".into(),
             // istio-proxy has POD_NAME from the Downward API.
-            command.env("POD_NAME", pod);
-        }
-        let log = self.dir.join(format!("{name}.envoy.log"));
-        self.procs
-            .push(Proc::spawn(&format!("Envoy {name}"), command, &log)?);
-        Ok((self.procs.len() - 1, admin))
+            env: pod_name
+                .map(|pod| vec![("POD_NAME".to_owned(), pod.to_owned())])
+                .unwrap_or_default(),
+            wait_ready: false,
+            ..envoy::Options::default()
+        };
+        let envoy = Envoy::launch(&self.dir, &format!("{name}.envoy"), config, &options)
+            .with_context(|| format!("cannot start Envoy {name}"))?;
+        self.envoys.push((format!("Envoy {name}"), envoy));
+        Ok(self.envoys.len() - 1)
     }
 
-    fn wait_envoy_ready(
-        &mut self,
-        index: usize,
-        admin: SocketAddr,
-        deadline: Duration,
-    ) -> anyhow::Result<()> {
-        let start = Instant::now();
-        loop {
-            if let Ok((200, _)) = runtime::http_get(admin, "/ready") {
-                return Ok(());
-            }
-            let proc = &mut self.procs[index];
-            if let Some(status) = proc.exited() {
-                bail!(
-                    "{} rejected its config or failed to start ({status}); config and log in {}:\n{}\n\
-                     fix: the config is rendered from the manifests in istio/ - correct the \
-                     DestinationRule or WasmPlugin field Envoy names above (an \
-                     `invalid pluginConfig` line means the WasmPlugin's pluginConfig); \
-                     `envoy --mode validate -c <file>.envoy.json` from that folder reproduces it",
-                    proc.name,
-                    self.dir.display(),
-                    proc.log_tail(12)
-                );
-            }
-            if start.elapsed() > deadline {
-                bail!(
-                    "{} not ready within {deadline:?}; log {}:\n{}",
-                    proc.name,
-                    proc.log.display(),
-                    proc.log_tail(12)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
+    fn wait_envoy_ready(&mut self, index: usize, deadline: Duration) -> anyhow::Result<()> {
+        let (name, envoy) = &mut self.envoys[index];
+        match envoy.wait_ready(deadline) {
+            Ok(()) => Ok(()),
+            Err(harness::Error::EnvoyExited { status, .. }) => bail!(
+                "{name} rejected its config or failed to start ({status}); config and log in {}:\n{}\n\
+                 fix: the config is rendered from the manifests in istio/ - correct the \
+                 DestinationRule or WasmPlugin field Envoy names above (an \
+                 `invalid pluginConfig` line means the WasmPlugin's pluginConfig); \
+                 `envoy --mode validate -c <file>.envoy.json` from that folder reproduces it",
+                self.dir.display(),
+                envoy.log_tail(12)
+            ),
+            Err(_) => bail!(
+                "{name} not ready within {deadline:?}; log {}:\n{}",
+                envoy.log_path().display(),
+                envoy.log_tail(12)
+            ),
         }
     }
 
     /// Lines with `[critical]`/`[error]` in any Envoy log of this mesh.
     pub fn envoy_errors(&self) -> Vec<String> {
-        let mut found = Vec::new();
-        for proc in &self.procs {
-            if !proc.name.starts_with("Envoy") {
-                continue;
-            }
-            let text = std::fs::read_to_string(&proc.log).unwrap_or_default();
-            for line in text.lines() {
-                if line.contains("[critical]") || line.contains("[error]") {
-                    found.push(format!("{}: {line}", proc.name));
-                }
-            }
-        }
-        found
+        self.envoys
+            .iter()
+            .flat_map(|(name, envoy)| {
+                envoy
+                    .error_lines()
+                    .into_iter()
+                    .map(move |line| format!("{name}: {line}"))
+            })
+            .collect()
     }
 
     /// The sidecar of server pod `i`'s admin address (stats, config_dump).
