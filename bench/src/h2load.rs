@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use mesh::runtime::Proc;
+use harness::process::ChildGuard;
 
 use harness::process::pinned;
 
@@ -87,7 +87,7 @@ impl Load<'_> {
             command.arg("--log-file").arg(log);
         }
         command.arg(&self.url);
-        let mut proc = Proc::spawn("h2load", command, self.output)?;
+        let mut proc = ChildGuard::spawn_logged("h2load", &mut command, self.output)?;
         let deadline = match self.amount {
             Amount::For(duration) => duration + Duration::from_secs(30),
             Amount::Requests { deadline, .. } => deadline,

@@ -10,11 +10,9 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail, ensure};
+use harness::process::ChildGuard;
 use harness::process::pinned;
-use mesh::{
-    runtime::{self, Proc},
-    topology::Artifacts,
-};
+use mesh::topology::Artifacts;
 use upstream_tagger::{
     headers::{UPSTREAM_CONNECTION_ID, UPSTREAM_CONNECTION_REQUESTS, UPSTREAM_POD},
     metrics,
@@ -394,7 +392,11 @@ fn verify(variant: Variant, envoy: &Envoy, pod: &str, body: &[u8]) -> anyhow::Re
 
 /// The echo server the sidecar configurations route to, pinned to the
 /// servers' CPU: in a pod, the app and its sidecar share the pod's CPU.
-fn start_echo_server(bench: &Bench, pod: &str, name: &str) -> anyhow::Result<(Proc, SocketAddr)> {
+fn start_echo_server(
+    bench: &Bench,
+    pod: &str,
+    name: &str,
+) -> anyhow::Result<(ChildGuard, SocketAddr)> {
     echo_server(
         &bench.tools.server,
         bench.cores.server,
@@ -412,7 +414,7 @@ pub fn echo_server(
     dir: &Path,
     pod: &str,
     name: &str,
-) -> anyhow::Result<(Proc, SocketAddr)> {
+) -> anyhow::Result<(ChildGuard, SocketAddr)> {
     let [grpc_addr, http_addr] = free_addrs()?;
     let mut command = pinned(server, cpu);
     command
@@ -424,8 +426,8 @@ pub fn echo_server(
         .arg(pod)
         // Start-up lines only: logging is not what is compared.
         .env("RUST_LOG", "warn");
-    let mut echo = Proc::spawn(name, command, &dir.join(format!("{name}.log")))?;
-    runtime::wait_listening(&mut echo, grpc_addr, Duration::from_secs(20))?;
+    let mut echo = ChildGuard::spawn_logged(name, &mut command, &dir.join(format!("{name}.log")))?;
+    echo.wait_listening(grpc_addr, Duration::from_secs(20))?;
     verify_server(name, grpc_addr, grpc::GET_INFO_PATH, &grpc::get_info_body())?;
     Ok((echo, grpc_addr))
 }
@@ -600,7 +602,11 @@ fn servers_phase(bench: &Bench, pod: &str) -> anyhow::Result<Vec<ServerRow>> {
     let [hello_addr, echo_addr, echo_http] = free_addrs()?;
     let mut command = pinned(&bench.tools.hello, bench.cores.server);
     command.arg("--addr").arg(hello_addr.to_string());
-    let mut hello = Proc::spawn("hello-server", command, &bench.dir.join("hello-server.log"))?;
+    let mut hello = ChildGuard::spawn_logged(
+        "hello-server",
+        &mut command,
+        &bench.dir.join("hello-server.log"),
+    )?;
 
     let mut command = pinned(&bench.tools.server, bench.cores.server);
     command
@@ -612,9 +618,13 @@ fn servers_phase(bench: &Bench, pod: &str) -> anyhow::Result<Vec<ServerRow>> {
         .arg(pod)
         // Start-up lines only: logging is not what is compared.
         .env("RUST_LOG", "warn");
-    let mut echo = Proc::spawn("echo server", command, &bench.dir.join("echo-server.log"))?;
-    runtime::wait_listening(&mut hello, hello_addr, Duration::from_secs(20))?;
-    runtime::wait_listening(&mut echo, echo_addr, Duration::from_secs(20))?;
+    let mut echo = ChildGuard::spawn_logged(
+        "echo server",
+        &mut command,
+        &bench.dir.join("echo-server.log"),
+    )?;
+    hello.wait_listening(hello_addr, Duration::from_secs(20))?;
+    echo.wait_listening(echo_addr, Duration::from_secs(20))?;
 
     let hello_body = grpc::say_hello_body();
     let echo_body = grpc::get_info_body();

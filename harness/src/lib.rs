@@ -3,12 +3,13 @@
 //!
 //! - [`paths`]: the workspace, Envoy (`ENVOY` or `.venv/bin/envoy`), the
 //!   built `dist/upstream_tagger.wasm`, per-run directories under `target/`.
-//! - [`process`]: a child-process guard that kills on `Drop`, free ports,
-//!   deadline-based waiting.
+//! - [`process`]: the child-process guard (kills and reaps on `Drop`, on
+//!   errors and on Ctrl-C), core pinning, free ports, deadline-based waiting.
 //! - [`render`]: Envoy configuration shaped the way Istio shapes it: the
 //!   WasmPlugin's HTTP filter and an inbound (server-side) sidecar.
-//! - [`envoy`]: start Envoy on a rendered config, wait for `/ready`, read
-//!   `/stats`, `/stats/prometheus`, the log and its `[error]` lines.
+//! - [`envoy`]: the one Envoy launcher (tests, mesh, bench): start Envoy on
+//!   a rendered config (pinned, concurrency, log levels), wait for `/ready`,
+//!   read `/stats`, `/stats/prometheus`, the log and its `[error]` lines.
 //! - [`http`]: a minimal HTTP/1.1 client (admin API, plain HTTP checks).
 //!
 //! ```no_run
@@ -54,6 +55,16 @@ pub enum Error {
     #[error("Envoy exited ({status}) before it was ready; log {}:\n{tail}", .log.display())]
     EnvoyExited {
         status: String,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error("{name} did not finish within {deadline:?} and was stopped")]
+    Stopped { name: String, deadline: Duration },
+    /// `what`: e.g. "exited (exit status: 1) before listening on <addr>".
+    #[error("{name} {what}; its log {}:\n{tail}", .log.display())]
+    NotListening {
+        name: String,
+        what: String,
         log: PathBuf,
         tail: String,
     },

@@ -2,7 +2,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use mesh::{
-    manifests, runtime,
+    manifests,
     scenario::{self, Options, SCENARIOS},
     topology::{Addresses, Artifacts, Layout, Mesh},
 };
@@ -72,7 +72,7 @@ enum Cmd {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
-    runtime::stop_children_on_signals();
+    harness::process::stop_children_on_signals();
     let json = cli.json;
     match run(cli) {
         Ok(code) => code,

@@ -9,13 +9,15 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use harness::envoy::{self, Envoy};
+use harness::{
+    envoy::{self, Envoy},
+    process::ChildGuard,
+};
 use serde_json::Value;
 
 use crate::{
     destination_rule::ClusterPolicy,
-    envoy_config,
-    runtime::{self, Proc},
+    envoy_config, runtime,
     wasm_plugin::{Side, WasmPluginSpec},
 };
 
@@ -245,7 +247,7 @@ pub struct Mesh {
     pub pod_names: Vec<String>,
     pub client_pod: String,
     pub dir: PathBuf,
-    procs: Vec<Proc>,
+    procs: Vec<ChildGuard>,
     /// (name for messages, Envoy).
     envoys: Vec<(String, Envoy)>,
 }
@@ -308,8 +310,11 @@ impl Mesh {
                 .arg(addrs.app_http(i).to_string())
                 .env("POD_NAME", &pod);
             let log = mesh.dir.join(format!("{pod}.server.log"));
-            mesh.procs
-                .push(Proc::spawn(&format!("server {pod}"), command, &log)?);
+            mesh.procs.push(ChildGuard::spawn_logged(
+                &format!("server {pod}"),
+                &mut command,
+                &log,
+            )?);
         }
         let mut envoys = Vec::new();
         if let Some(policies) = &layout.sidecars {
@@ -354,7 +359,7 @@ impl Mesh {
         let deadline = Duration::from_secs(20);
         for i in 0..addrs.pods {
             let addr = addrs.app_grpc(i);
-            runtime::wait_listening(&mut mesh.procs[i], addr, deadline)?;
+            mesh.procs[i].wait_listening(addr, deadline)?;
         }
         for index in envoys {
             mesh.wait_envoy_ready(index, deadline)?;
