@@ -8,8 +8,8 @@
 
 use std::{net::SocketAddr, path::Path};
 
-use mesh::wasm_plugin::WasmPluginSpec;
 use serde_json::{Value, json};
+use sidecar::wasm_plugin::WasmPluginSpec;
 use upstream_tagger::headers::{
     UPSTREAM_CONNECTION_ID, UPSTREAM_CONNECTION_REQUESTS, UPSTREAM_POD,
 };
@@ -190,12 +190,11 @@ pub fn http_filters(variant: Variant, inputs: &Inputs) -> Vec<Value> {
                 plugin_config: String::new(),
                 ..inputs.plugin.clone()
             };
-            vec![mesh::envoy_config::wasm_filter(&spec, inputs.empty_wasm)]
+            vec![spec.envoy_plugin(inputs.empty_wasm).http_filter()]
         }
-        Variant::UpstreamTagger => vec![mesh::envoy_config::wasm_filter(
-            inputs.plugin,
-            inputs.tagger_wasm,
-        )],
+        Variant::UpstreamTagger => {
+            vec![inputs.plugin.envoy_plugin(inputs.tagger_wasm).http_filter()]
+        }
         Variant::Lua => vec![json!({
             "name": "envoy.filters.http.lua",
             "typed_config": {
@@ -309,7 +308,7 @@ mod tests {
     use super::*;
 
     fn plugin() -> WasmPluginSpec {
-        mesh::manifests::wasm_plugin(&mesh::manifests::istio_dir(None)).unwrap()
+        sidecar::manifests::wasm_plugin(&sidecar::manifests::istio_dir(None)).unwrap()
     }
 
     #[test]

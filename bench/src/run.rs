@@ -12,7 +12,6 @@ use std::{
 use anyhow::{Context as _, anyhow, bail, ensure};
 use harness::process::ChildGuard;
 use harness::process::pinned;
-use mesh::topology::Artifacts;
 use upstream_tagger::{
     headers::{UPSTREAM_CONNECTION_ID, UPSTREAM_CONNECTION_REQUESTS, UPSTREAM_POD},
     metrics,
@@ -88,7 +87,9 @@ struct Tools {
 }
 
 fn locate(opts: &Options) -> anyhow::Result<Tools> {
-    let artifacts = Artifacts::locate(opts.envoy.clone(), opts.wasm.clone())?;
+    let envoy = harness::paths::envoy_at(opts.envoy.clone())?;
+    let tagger_wasm = harness::paths::wasm_at(opts.wasm.clone())?;
+    let bin_dir = harness::paths::bin_dir(&["server"])?;
     let empty_wasm = opts.empty_wasm.clone().unwrap_or_else(default_empty_wasm);
     ensure!(
         empty_wasm.exists(),
@@ -96,16 +97,16 @@ fn locate(opts: &Options) -> anyhow::Result<Tools> {
         empty_wasm.display()
     );
     let h2load = h2load::locate()?;
-    let hello = artifacts.bin("hello-server");
+    let hello = bin_dir.join("hello-server");
     ensure!(
         hello.exists(),
         "{} is missing: run `cargo build -p bench` with the same profile as bench (make bench does)",
         hello.display()
     );
     Ok(Tools {
-        server: artifacts.bin("server"),
-        envoy: artifacts.envoy,
-        tagger_wasm: artifacts.wasm,
+        server: bin_dir.join("server"),
+        envoy,
+        tagger_wasm,
         empty_wasm,
         h2load,
         hello,
@@ -944,11 +945,11 @@ pub fn goals(report: &Report) -> Vec<Goal> {
 pub fn run(opts: &Options) -> anyhow::Result<Report> {
     ensure!(opts.rounds >= 1, "--rounds must be at least 1");
     let tools = locate(opts)?;
-    let istio_dir = mesh::manifests::istio_dir(opts.istio_dir.as_deref());
-    let plugin = mesh::manifests::wasm_plugin(&istio_dir)?;
+    let istio_dir = sidecar::manifests::istio_dir(opts.istio_dir.as_deref());
+    let plugin = sidecar::manifests::wasm_plugin(&istio_dir)?;
     let config = upstream_tagger::Config::parse(plugin.plugin_config.as_bytes())
         .map_err(|e| anyhow!("{}/wasmplugin.yaml pluginConfig: {e}", istio_dir.display()))?;
-    let pod = mesh::topology::pod_names("server", 1, 6).remove(0);
+    let pod = sidecar::pods::pod_names("server", 1, 6).remove(0);
     let dir = opts
         .out_dir
         .join(if opts.quick { "quick-run" } else { "run" });

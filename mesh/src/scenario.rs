@@ -12,13 +12,15 @@ use std::{
 use anyhow::{Context as _, bail};
 use harness::process::ChildGuard;
 use serde::Serialize;
-
-use crate::{
+use sidecar::{
     destination_rule::ClusterPolicy,
     manifests,
+    wasm_plugin::{Side, WasmPluginSpec},
+};
+
+use crate::{
     report::{self, Call, Summary},
     topology::{Addresses, Artifacts, GRPC_PORT, Layout, Mesh},
-    wasm_plugin::{Side, WasmPluginSpec},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
