@@ -351,6 +351,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<Row>> {
     }
     let istio_dir = sidecar::manifests::istio_dir(opts.istio_dir.as_deref());
     let plugin = sidecar::manifests::wasm_plugin(&istio_dir)?;
+    let (inbound_pool, _) = sidecar::manifests::inbound_policy(&istio_dir)?;
     let cap = upstream_tagger::Config::parse(plugin.plugin_config.as_bytes())
         .map_err(|e| anyhow!("{}/wasmplugin.yaml pluginConfig: {e}", istio_dir.display()))?
         .max_tracked_connections;
@@ -434,6 +435,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<Row>> {
         let inputs = Inputs {
             pod: &pod,
             plugin: &plugin,
+            inbound_pool: &inbound_pool,
             tagger_wasm: config.module.as_deref().unwrap_or(&tagger_wasm),
             empty_wasm: &empty_wasm,
             cap,

@@ -947,6 +947,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     let tools = locate(opts)?;
     let istio_dir = sidecar::manifests::istio_dir(opts.istio_dir.as_deref());
     let plugin = sidecar::manifests::wasm_plugin(&istio_dir)?;
+    let (inbound_pool, _) = sidecar::manifests::inbound_policy(&istio_dir)?;
     let config = upstream_tagger::Config::parse(plugin.plugin_config.as_bytes())
         .map_err(|e| anyhow!("{}/wasmplugin.yaml pluginConfig: {e}", istio_dir.display()))?;
     let pod = sidecar::pods::pod_names("server", 1, 6).remove(0);
@@ -969,6 +970,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     let inputs = Inputs {
         pod: &pod,
         plugin: &plugin,
+        inbound_pool: &inbound_pool,
         tagger_wasm: &tools.tagger_wasm,
         empty_wasm: &tools.empty_wasm,
         cap: config.max_tracked_connections,
