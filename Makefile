@@ -164,7 +164,7 @@ wasm: rust-targets ## build the upstream-tagger filter into dist/upstream_tagger
 	@echo "$(WASM): $$(wc -c < $(WASM)) bytes"
 
 test-filter: wasm venv ## filter unit tests + the filter inside real Envoy (Istio-shaped config)
-	$(CARGO) test -p upstream-tagger -p harness
+	$(CARGO) test -p upstream-tagger -p harness -p sidecar
 
 envoy-validate: wasm venv ## `envoy --mode validate` on the Istio-shaped sidecar config the tests use
 	$(CARGO) test -p upstream-tagger --test in_envoy -- rendered_sidecar_config_is_valid --exact

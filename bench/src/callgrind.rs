@@ -24,7 +24,6 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail, ensure};
-use mesh::topology::Artifacts;
 use serde::Serialize;
 use upstream_tagger::headers::UPSTREAM_POD;
 
@@ -210,21 +209,27 @@ impl Driver<'_> {
             let _ = std::fs::remove_file(format!("{}.{part}", out.display()));
         }
         let _ = std::fs::remove_file(&out);
-        let mut command = Command::new(VALGRIND);
-        command
-            .args([
-                "--tool=callgrind",
-                // V8 writes and rewrites the code it runs.
-                "--smc-check=all-non-file",
-                "--trace-children=no",
-                "--instr-atstart=no",
-            ])
-            .arg(format!("--callgrind-out-file={}", out.display()))
-            .arg(&self.envoy);
+        let valgrind = vec![
+            VALGRIND.to_owned(),
+            "--tool=callgrind".to_owned(),
+            // V8 writes and rewrites the code it runs.
+            "--smc-check=all-non-file".to_owned(),
+            "--trace-children=no".to_owned(),
+            "--instr-atstart=no".to_owned(),
+            format!("--callgrind-out-file={}", out.display()),
+        ];
         let bootstrap = configs::bootstrap_of(config.filters, config.sidecar, inputs);
         eprintln!("callgrind: {key}: starting Envoy under callgrind (a minute or more)");
-        let envoy = envoy::spawn_with(command, &self.dir, key, &bootstrap, &self.pod)?
-            .wait_ready(Duration::from_secs(1200))?;
+        let envoy = envoy::spawn_with(
+            &valgrind,
+            &self.envoy,
+            None,
+            &self.dir,
+            key,
+            &bootstrap,
+            &self.pod,
+        )?
+        .wait_ready(Duration::from_secs(1200))?;
         self.verify(config, &envoy)?;
         let pid = envoy.pid();
         let opts = self.opts;
@@ -325,7 +330,9 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<Row>> {
         .arg("--version")
         .output()
         .map_err(|_| tool_missing(VALGRIND))?;
-    let artifacts = Artifacts::locate(opts.envoy.clone(), opts.wasm.clone())?;
+    let envoy = harness::paths::envoy_at(opts.envoy.clone())?;
+    let tagger_wasm = harness::paths::wasm_at(opts.wasm.clone())?;
+    let bin_dir = harness::paths::bin_dir(&["server"])?;
     let empty_wasm = opts
         .empty_wasm
         .clone()
@@ -342,26 +349,27 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<Row>> {
             path.display()
         );
     }
-    let istio_dir = mesh::manifests::istio_dir(opts.istio_dir.as_deref());
-    let plugin = mesh::manifests::wasm_plugin(&istio_dir)?;
+    let istio_dir = sidecar::manifests::istio_dir(opts.istio_dir.as_deref());
+    let plugin = sidecar::manifests::wasm_plugin(&istio_dir)?;
+    let (inbound_pool, _) = sidecar::manifests::inbound_policy(&istio_dir)?;
     let cap = upstream_tagger::Config::parse(plugin.plugin_config.as_bytes())
         .map_err(|e| anyhow!("{}/wasmplugin.yaml pluginConfig: {e}", istio_dir.display()))?
         .max_tracked_connections;
-    let pod = mesh::topology::pod_names("server", 1, 6).remove(0);
+    let pod = sidecar::pods::pod_names("server", 1, 6).remove(0);
     let dir = opts.out_dir.join("callgrind");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let body = dir.join("getinfo.bin");
     std::fs::write(&body, grpc::get_info_body())?;
     let driver = Driver {
         opts,
-        envoy: native_envoy(&artifacts.envoy)?,
+        envoy: native_envoy(&envoy)?,
         h2load: h2load::locate()?,
         body,
         pod: pod.clone(),
         dir: dir.clone(),
     };
 
-    let mut modules = vec![("upstream-tagger".to_owned(), artifacts.wasm.clone())];
+    let mut modules = vec![("upstream-tagger".to_owned(), tagger_wasm.clone())];
     modules.extend(opts.modules.iter().cloned());
     let mut configs = Vec::new();
     for sidecar in [false, true] {
@@ -412,7 +420,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<Row>> {
 
     let needs_echo = configs.iter().any(|c| c.sidecar);
     let echo = if needs_echo {
-        let server = artifacts.bin("server");
+        let server = bin_dir.join("server");
         ensure!(
             server.exists(),
             "{} is missing: run `cargo build --release -p server`",
@@ -427,7 +435,8 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<Row>> {
         let inputs = Inputs {
             pod: &pod,
             plugin: &plugin,
-            tagger_wasm: config.module.as_deref().unwrap_or(&artifacts.wasm),
+            inbound_pool: &inbound_pool,
+            tagger_wasm: config.module.as_deref().unwrap_or(&tagger_wasm),
             empty_wasm: &empty_wasm,
             cap,
             echo: echo.as_ref().map(|(_, addr)| *addr),

@@ -2,14 +2,15 @@
 //! the server sidecar's inbound one (h2c HCM, node metadata `NAME`). Most
 //! answer with a `direct_response`: no upstream, so what is measured is Envoy
 //! plus the filter and nothing else, the harshest case. The two "sidecar"
-//! configurations route to the real echo server instead, as a server pod's
-//! sidecar does: a request body, a response body and trailers, so every
-//! callback the filter exports can fire.
+//! configurations are the server pods' sidecar itself, rendered as the local
+//! mesh and the filter's tests render it (`sidecar::inbound::server_pod`), in
+//! front of the real echo server: a request body, a response body and
+//! trailers, so every callback the filter exports can fire.
 
 use std::{net::SocketAddr, path::Path};
 
-use mesh::wasm_plugin::WasmPluginSpec;
 use serde_json::{Value, json};
+use sidecar::{InboundPort, destination_rule::ClusterPolicy, inbound, wasm_plugin::WasmPluginSpec};
 use upstream_tagger::headers::{
     UPSTREAM_CONNECTION_ID, UPSTREAM_CONNECTION_REQUESTS, UPSTREAM_POD,
 };
@@ -98,6 +99,8 @@ pub struct Inputs<'a> {
     pub pod: &'a str,
     /// `istio/wasmplugin.yaml`, as istiod would translate it.
     pub plugin: &'a WasmPluginSpec,
+    /// `istio/sidecar.yaml`'s inbound pool (the sidecar configurations).
+    pub inbound_pool: &'a ClusterPolicy,
     pub tagger_wasm: &'a Path,
     pub empty_wasm: &'a Path,
     /// upstream-tagger's effective `max_tracked_connections`; the Lua table
@@ -190,12 +193,11 @@ pub fn http_filters(variant: Variant, inputs: &Inputs) -> Vec<Value> {
                 plugin_config: String::new(),
                 ..inputs.plugin.clone()
             };
-            vec![mesh::envoy_config::wasm_filter(&spec, inputs.empty_wasm)]
+            vec![spec.envoy_plugin(inputs.empty_wasm).http_filter()]
         }
-        Variant::UpstreamTagger => vec![mesh::envoy_config::wasm_filter(
-            inputs.plugin,
-            inputs.tagger_wasm,
-        )],
+        Variant::UpstreamTagger => {
+            vec![inputs.plugin.envoy_plugin(inputs.tagger_wasm).http_filter()]
+        }
         Variant::Lua => vec![json!({
             "name": "envoy.filters.http.lua",
             "typed_config": {
@@ -213,63 +215,59 @@ fn loopback(port: u16) -> Value {
     json!({"socket_address": {"address": "127.0.0.1", "port_value": port}})
 }
 
-/// The cluster a sidecar configuration routes to: the app's gRPC port over
-/// h2c, as istiod's `inbound|30051||` cluster is.
-const INBOUND_CLUSTER: &str = "inbound|30051||";
+fn router() -> Value {
+    json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+    })
+}
 
-/// The route and the clusters of `variant`: a `direct_response` shaped like a
-/// gRPC trailers-only OK, or the echo server behind a sidecar.
-fn route_and_clusters(sidecar: bool, inputs: &Inputs) -> (Value, Vec<Value>) {
-    let Some(echo) = inputs.echo.filter(|_| sidecar) else {
-        let answer = json!({"match": {"prefix": "/"}, "direct_response": {"status": 200}});
-        return (answer, vec![]);
-    };
-    let route =
-        json!({"match": {"prefix": "/"}, "route": {"cluster": INBOUND_CLUSTER, "timeout": "0s"}});
-    let cluster = json!({
-        "name": INBOUND_CLUSTER,
-        "type": "STATIC",
-        "connect_timeout": "10s",
-        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "explicit_http_config": {"http2_protocol_options": {}},
-        }},
-        "load_assignment": {"cluster_name": INBOUND_CLUSTER, "endpoints": [{"lb_endpoints": [
-            {"endpoint": {"address": {"socket_address": {
-                "address": echo.ip().to_string(), "port_value": echo.port(),
-            }}}},
-        ]}]},
-    });
-    (route, vec![cluster])
+/// A sidecar configuration: the server pods' sidecar in front of the echo
+/// server at `echo`, its filter chain holding the filters of `filters`
+/// (upstream-tagger's is the one the sidecar renders; any other takes its
+/// place, for pairs the table has no row for).
+fn sidecar_bootstrap(filters: Variant, inputs: &Inputs, echo: SocketAddr) -> Value {
+    let mut sidecar = inbound::server_pod(
+        inputs.pod,
+        echo.ip(),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        vec![InboundPort::grpc(echo)],
+        inputs.inbound_pool,
+        inputs.plugin,
+        inputs.tagger_wasm,
+    );
+    sidecar.wasm_filters.clear();
+    let mut bootstrap = sidecar.bootstrap();
+    let mut chain = http_filters(filters, inputs);
+    chain.push(router());
+    bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["http_filters"] = Value::Array(chain);
+    bootstrap
 }
 
 /// The whole bootstrap: admin and listener on ephemeral ports (read back
-/// from the admin API); see [`route_and_clusters`] for what answers.
+/// from the admin API).
 pub fn bootstrap(variant: Variant, inputs: &Inputs) -> Value {
     bootstrap_of(variant.filters(), variant.is_sidecar(), inputs)
 }
 
 /// The bootstrap running the filters of `filters` (a `direct_response`
 /// variant) either on the `direct_response` route or, with `sidecar`, in
-/// front of the echo server: any filter on either path, also pairs the
-/// bench's table has no row for (the empty filter on the real path).
+/// front of the echo server ([`sidecar_bootstrap`], once the echo server is
+/// known): any filter on either path, also pairs the bench's table has no
+/// row for (the empty filter on the real path).
 pub fn bootstrap_of(filters: Variant, sidecar: bool, inputs: &Inputs) -> Value {
-    let (route, clusters) = route_and_clusters(sidecar, inputs);
-    // A direct_response carries no gRPC headers of its own: add them. The
-    // echo server sends its own.
-    let response_headers: Vec<Value> = if sidecar {
-        vec![]
-    } else {
-        vec![
-            json!({"header": {"key": "content-type", "value": "application/grpc"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}),
-            json!({"header": {"key": "grpc-status", "value": "0"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}),
-        ]
-    };
+    if let Some(echo) = inputs.echo.filter(|_| sidecar) {
+        return sidecar_bootstrap(filters, inputs, echo);
+    }
+    let route = json!({"match": {"prefix": "/"}, "direct_response": {"status": 200}});
+    // A direct_response carries no gRPC headers of its own: add them.
+    let response_headers = vec![
+        json!({"header": {"key": "content-type", "value": "application/grpc"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}),
+        json!({"header": {"key": "grpc-status", "value": "0"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}),
+    ];
     let mut http_filters = http_filters(filters, inputs);
-    http_filters.push(json!({
-        "name": "envoy.filters.http.router",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-    }));
+    http_filters.push(router());
     let pod = inputs.pod;
     json!({
         "node": {
@@ -278,7 +276,7 @@ pub fn bootstrap_of(filters: Variant, sidecar: bool, inputs: &Inputs) -> Value {
             "metadata": {"NAME": pod, "NAMESPACE": "default"},
         },
         "admin": {"address": loopback(0)},
-        "static_resources": {"clusters": clusters, "listeners": [{
+        "static_resources": {"clusters": [], "listeners": [{
             "name": "virtualInbound",
             "address": loopback(0),
             "filter_chains": [{"filters": [{
@@ -309,7 +307,7 @@ mod tests {
     use super::*;
 
     fn plugin() -> WasmPluginSpec {
-        mesh::manifests::wasm_plugin(&mesh::manifests::istio_dir(None)).unwrap()
+        sidecar::manifests::wasm_plugin(&sidecar::manifests::istio_dir(None)).unwrap()
     }
 
     #[test]
@@ -322,6 +320,7 @@ mod tests {
             empty_wasm: Path::new("/x/empty_filter.wasm"),
             cap: 10_000,
             echo: Some("127.0.0.1:30051".parse().unwrap()),
+            inbound_pool: &ClusterPolicy::default(),
         };
         let expected = [
             (Variant::NoFilter, vec![]),
@@ -372,7 +371,7 @@ mod tests {
                 .unwrap();
             let clusters = config["static_resources"]["clusters"].as_array().unwrap();
             if variant.is_sidecar() {
-                assert_eq!(route["route"]["cluster"], INBOUND_CLUSTER, "{variant:?}");
+                assert_eq!(route["route"]["cluster"], "inbound|30051||", "{variant:?}");
                 assert_eq!(
                     clusters[0].pointer("/load_assignment/endpoints/0/lb_endpoints/0/endpoint/address/socket_address/port_value"),
                     Some(&json!(30051))
@@ -394,6 +393,7 @@ mod tests {
             empty_wasm: Path::new("/x/empty_filter.wasm"),
             cap: 10_000,
             echo: Some("127.0.0.1:30051".parse().unwrap()),
+            inbound_pool: &ClusterPolicy::default(),
         };
         let tagger = &http_filters(Variant::UpstreamTagger, &inputs)[0]["typed_config"]["config"];
         assert_eq!(tagger["root_id"], "upstream-tagger");

@@ -7,9 +7,9 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use mesh::runtime::Proc;
+use harness::process::ChildGuard;
 
-use crate::envoy::pinned;
+use harness::process::pinned;
 
 /// Find h2load on PATH; the error names the command that installs it.
 pub fn locate() -> anyhow::Result<PathBuf> {
@@ -87,7 +87,7 @@ impl Load<'_> {
             command.arg("--log-file").arg(log);
         }
         command.arg(&self.url);
-        let mut proc = Proc::spawn("h2load", command, self.output)?;
+        let mut proc = ChildGuard::spawn_logged("h2load", &mut command, self.output)?;
         let deadline = match self.amount {
             Amount::For(duration) => duration + Duration::from_secs(30),
             Amount::Requests { deadline, .. } => deadline,

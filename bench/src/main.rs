@@ -75,7 +75,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    mesh::runtime::stop_children_on_signals();
+    harness::process::stop_children_on_signals();
     let q = args.quick;
     let opts = Options {
         quick: q,

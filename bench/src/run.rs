@@ -10,10 +10,8 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail, ensure};
-use mesh::{
-    runtime::{self, Proc},
-    topology::Artifacts,
-};
+use harness::process::ChildGuard;
+use harness::process::pinned;
 use upstream_tagger::{
     headers::{UPSTREAM_CONNECTION_ID, UPSTREAM_CONNECTION_REQUESTS, UPSTREAM_POD},
     metrics,
@@ -21,7 +19,7 @@ use upstream_tagger::{
 
 use crate::{
     configs::{self, Inputs, Variant},
-    envoy::{self, Envoy, pinned},
+    envoy::{self, Envoy},
     grpc, h2c, h2load, procfs,
     report::{
         self, ChurnRow, Goal, Machine, ProxyRow, Report, ServerRow, Settings, Verdict, median,
@@ -89,7 +87,9 @@ struct Tools {
 }
 
 fn locate(opts: &Options) -> anyhow::Result<Tools> {
-    let artifacts = Artifacts::locate(opts.envoy.clone(), opts.wasm.clone())?;
+    let envoy = harness::paths::envoy_at(opts.envoy.clone())?;
+    let tagger_wasm = harness::paths::wasm_at(opts.wasm.clone())?;
+    let bin_dir = harness::paths::bin_dir(&["server"])?;
     let empty_wasm = opts.empty_wasm.clone().unwrap_or_else(default_empty_wasm);
     ensure!(
         empty_wasm.exists(),
@@ -97,16 +97,16 @@ fn locate(opts: &Options) -> anyhow::Result<Tools> {
         empty_wasm.display()
     );
     let h2load = h2load::locate()?;
-    let hello = artifacts.bin("hello-server");
+    let hello = bin_dir.join("hello-server");
     ensure!(
         hello.exists(),
         "{} is missing: run `cargo build -p bench` with the same profile as bench (make bench does)",
         hello.display()
     );
     Ok(Tools {
-        server: artifacts.bin("server"),
-        envoy: artifacts.envoy,
-        tagger_wasm: artifacts.wasm,
+        server: bin_dir.join("server"),
+        envoy,
+        tagger_wasm,
         empty_wasm,
         h2load,
         hello,
@@ -393,7 +393,11 @@ fn verify(variant: Variant, envoy: &Envoy, pod: &str, body: &[u8]) -> anyhow::Re
 
 /// The echo server the sidecar configurations route to, pinned to the
 /// servers' CPU: in a pod, the app and its sidecar share the pod's CPU.
-fn start_echo_server(bench: &Bench, pod: &str, name: &str) -> anyhow::Result<(Proc, SocketAddr)> {
+fn start_echo_server(
+    bench: &Bench,
+    pod: &str,
+    name: &str,
+) -> anyhow::Result<(ChildGuard, SocketAddr)> {
     echo_server(
         &bench.tools.server,
         bench.cores.server,
@@ -411,7 +415,7 @@ pub fn echo_server(
     dir: &Path,
     pod: &str,
     name: &str,
-) -> anyhow::Result<(Proc, SocketAddr)> {
+) -> anyhow::Result<(ChildGuard, SocketAddr)> {
     let [grpc_addr, http_addr] = free_addrs()?;
     let mut command = pinned(server, cpu);
     command
@@ -423,8 +427,8 @@ pub fn echo_server(
         .arg(pod)
         // Start-up lines only: logging is not what is compared.
         .env("RUST_LOG", "warn");
-    let mut echo = Proc::spawn(name, command, &dir.join(format!("{name}.log")))?;
-    runtime::wait_listening(&mut echo, grpc_addr, Duration::from_secs(20))?;
+    let mut echo = ChildGuard::spawn_logged(name, &mut command, &dir.join(format!("{name}.log")))?;
+    echo.wait_listening(grpc_addr, Duration::from_secs(20))?;
     verify_server(name, grpc_addr, grpc::GET_INFO_PATH, &grpc::get_info_body())?;
     Ok((echo, grpc_addr))
 }
@@ -599,7 +603,11 @@ fn servers_phase(bench: &Bench, pod: &str) -> anyhow::Result<Vec<ServerRow>> {
     let [hello_addr, echo_addr, echo_http] = free_addrs()?;
     let mut command = pinned(&bench.tools.hello, bench.cores.server);
     command.arg("--addr").arg(hello_addr.to_string());
-    let mut hello = Proc::spawn("hello-server", command, &bench.dir.join("hello-server.log"))?;
+    let mut hello = ChildGuard::spawn_logged(
+        "hello-server",
+        &mut command,
+        &bench.dir.join("hello-server.log"),
+    )?;
 
     let mut command = pinned(&bench.tools.server, bench.cores.server);
     command
@@ -611,9 +619,13 @@ fn servers_phase(bench: &Bench, pod: &str) -> anyhow::Result<Vec<ServerRow>> {
         .arg(pod)
         // Start-up lines only: logging is not what is compared.
         .env("RUST_LOG", "warn");
-    let mut echo = Proc::spawn("echo server", command, &bench.dir.join("echo-server.log"))?;
-    runtime::wait_listening(&mut hello, hello_addr, Duration::from_secs(20))?;
-    runtime::wait_listening(&mut echo, echo_addr, Duration::from_secs(20))?;
+    let mut echo = ChildGuard::spawn_logged(
+        "echo server",
+        &mut command,
+        &bench.dir.join("echo-server.log"),
+    )?;
+    hello.wait_listening(hello_addr, Duration::from_secs(20))?;
+    echo.wait_listening(echo_addr, Duration::from_secs(20))?;
 
     let hello_body = grpc::say_hello_body();
     let echo_body = grpc::get_info_body();
@@ -933,11 +945,12 @@ pub fn goals(report: &Report) -> Vec<Goal> {
 pub fn run(opts: &Options) -> anyhow::Result<Report> {
     ensure!(opts.rounds >= 1, "--rounds must be at least 1");
     let tools = locate(opts)?;
-    let istio_dir = mesh::manifests::istio_dir(opts.istio_dir.as_deref());
-    let plugin = mesh::manifests::wasm_plugin(&istio_dir)?;
+    let istio_dir = sidecar::manifests::istio_dir(opts.istio_dir.as_deref());
+    let plugin = sidecar::manifests::wasm_plugin(&istio_dir)?;
+    let (inbound_pool, _) = sidecar::manifests::inbound_policy(&istio_dir)?;
     let config = upstream_tagger::Config::parse(plugin.plugin_config.as_bytes())
         .map_err(|e| anyhow!("{}/wasmplugin.yaml pluginConfig: {e}", istio_dir.display()))?;
-    let pod = mesh::topology::pod_names("server", 1, 6).remove(0);
+    let pod = sidecar::pods::pod_names("server", 1, 6).remove(0);
     let dir = opts
         .out_dir
         .join(if opts.quick { "quick-run" } else { "run" });
@@ -957,6 +970,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     let inputs = Inputs {
         pod: &pod,
         plugin: &plugin,
+        inbound_pool: &inbound_pool,
         tagger_wasm: &tools.tagger_wasm,
         empty_wasm: &tools.empty_wasm,
         cap: config.max_tracked_connections,

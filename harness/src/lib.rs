@@ -3,23 +3,22 @@
 //!
 //! - [`paths`]: the workspace, Envoy (`ENVOY` or `.venv/bin/envoy`), the
 //!   built `dist/upstream_tagger.wasm`, per-run directories under `target/`.
-//! - [`process`]: a child-process guard that kills on `Drop`, free ports,
-//!   deadline-based waiting.
-//! - [`render`]: Envoy configuration shaped the way Istio shapes it: the
-//!   WasmPlugin's HTTP filter and an inbound (server-side) sidecar.
-//! - [`envoy`]: start Envoy on a rendered config, wait for `/ready`, read
-//!   `/stats`, `/stats/prometheus`, the log and its `[error]` lines.
+//! - [`process`]: the child-process guard (kills and reaps on `Drop`, on
+//!   errors and on Ctrl-C), core pinning, free ports, deadline-based waiting.
+//! - [`envoy`]: the one Envoy launcher (tests, mesh, bench): start Envoy on
+//!   a rendered config (pinned, concurrency, log levels), wait for `/ready`,
+//!   read `/stats`, `/stats/prometheus`, the log and its `[error]` lines.
 //! - [`http`]: a minimal HTTP/1.1 client (admin API, plain HTTP checks).
 //!
+//! The Istio-shaped configs it runs come from the `sidecar` crate.
+//!
 //! ```no_run
-//! use harness::{envoy::Envoy, render::{InboundPort, InboundSidecar, WasmPlugin}};
+//! use harness::envoy::Envoy;
 //! # fn main() -> Result<(), harness::Error> {
-//! let app: std::net::SocketAddr = "127.0.0.1:30051".parse().unwrap();
-//! let sidecar = InboundSidecar::new("server-0", "default")
-//!     .port(InboundPort::grpc(app))
-//!     .wasm(WasmPlugin::upstream_tagger()?);
-//! let envoy = Envoy::start("example", &sidecar.bootstrap())?;
-//! let listener = envoy.listener_addr(&InboundPort::grpc(app).listener_name())?;
+//! # let bootstrap = serde_json::json!({});
+//! let envoy = Envoy::start("example", &bootstrap)?;
+//! let listener = envoy.listener_addr("virtualInbound")?;
+//! assert!(envoy.error_lines().is_empty());
 //! # let _ = listener; Ok(()) }
 //! ```
 
@@ -27,7 +26,6 @@ pub mod envoy;
 pub mod http;
 pub mod paths;
 pub mod process;
-pub mod render;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -39,6 +37,8 @@ pub enum Error {
     EnvoyMissing(PathBuf),
     #[error("wasm module not found at {}: run `make wasm`", .0.display())]
     WasmMissing(PathBuf),
+    #[error("{names} are not built next to {}: run `cargo build --bins` (or `make demo`)", .exe.display())]
+    NotBuilt { names: String, exe: PathBuf },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -54,6 +54,16 @@ pub enum Error {
     #[error("Envoy exited ({status}) before it was ready; log {}:\n{tail}", .log.display())]
     EnvoyExited {
         status: String,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error("{name} did not finish within {deadline:?} and was stopped")]
+    Stopped { name: String, deadline: Duration },
+    /// `what`: e.g. "exited (exit status: 1) before listening on <addr>".
+    #[error("{name} {what}; its log {}:\n{tail}", .log.display())]
+    NotListening {
+        name: String,
+        what: String,
         log: PathBuf,
         tail: String,
     },

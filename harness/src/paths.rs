@@ -50,6 +50,47 @@ pub fn wasm() -> Result<PathBuf> {
     }
 }
 
+/// `explicit` if given (it must exist), else [`envoy`]; canonical.
+pub fn envoy_at(explicit: Option<PathBuf>) -> Result<PathBuf> {
+    let path = match explicit {
+        Some(path) if path.is_file() => path,
+        Some(path) => return Err(Error::EnvoyMissing(path)),
+        None => envoy()?,
+    };
+    Ok(std::fs::canonicalize(&path).unwrap_or(path))
+}
+
+/// `explicit` if given (it must exist), else [`wasm`]; canonical.
+pub fn wasm_at(explicit: Option<PathBuf>) -> Result<PathBuf> {
+    let path = match explicit {
+        Some(path) if path.is_file() => path,
+        Some(path) => return Err(Error::WasmMissing(path)),
+        None => wasm()?,
+    };
+    Ok(std::fs::canonicalize(&path).unwrap_or(path))
+}
+
+/// The folder holding the workspace's binaries `names`: next to the running
+/// executable (a tool), or one level up from `deps/` (a test).
+pub fn bin_dir(names: &[&str]) -> Result<PathBuf> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("cannot find this executable", e))?;
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    for _ in 0..2 {
+        if names.iter().all(|b| dir.join(b).exists()) {
+            return Ok(dir);
+        }
+        dir = dir.join("..");
+    }
+    Err(Error::NotBuilt {
+        names: match names {
+            [] => String::new(),
+            [one] => (*one).to_owned(),
+            [init @ .., last] => format!("{} and {last}", init.join(", ")),
+        },
+        exe,
+    })
+}
+
 /// A fresh directory `target/harness/<label>-<pid>-<n>` for one run's
 /// configs and logs. Kept after the run, so failures can be inspected.
 pub fn run_dir(label: &str) -> Result<PathBuf> {
@@ -85,6 +126,21 @@ mod tests {
     fn workspace_root_holds_the_workspace_manifest() {
         let manifest = std::fs::read_to_string(workspace_root().join("Cargo.toml")).unwrap();
         assert!(manifest.contains("[workspace]"));
+    }
+
+    #[test]
+    fn explicit_paths_must_exist_and_missing_binaries_name_the_fix() {
+        let err = envoy_at(Some("/nonexistent/envoy".into())).unwrap_err();
+        assert!(err.to_string().contains("make envoy"), "{err}");
+        let err = wasm_at(Some("/nonexistent/x.wasm".into())).unwrap_err();
+        assert!(err.to_string().contains("make wasm"), "{err}");
+        let err = bin_dir(&["no-such-a", "no-such-b", "no-such-c"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("no-such-a, no-such-b and no-such-c are not built next to"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("cargo build --bins"), "{err}");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! the kernel (`PR_SET_PDEATHSIG`) if we are killed outright.
 
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
@@ -45,12 +45,16 @@ pub fn stop_children_on_signals() {
 }
 
 /// Owns a child process and kills it (SIGKILL) and reaps it on `Drop`, so a
-/// failing test never leaves a listener behind.
+/// failing test, a failed benchmark or a stopped mesh never leaves a
+/// listener behind. The one process guard of the workspace (tests, mesh,
+/// bench).
 #[derive(Debug)]
 pub struct ChildGuard {
     child: Child,
     name: String,
     slot: Option<usize>,
+    /// Where its stdout/stderr go (the `spawn_*` constructors).
+    log: Option<PathBuf>,
 }
 
 impl ChildGuard {
@@ -65,6 +69,7 @@ impl ChildGuard {
             child,
             name: name.into(),
             slot,
+            log: None,
         }
     }
 
@@ -102,7 +107,9 @@ impl ChildGuard {
             .stderr(err)
             .spawn()
             .map_err(|e| Error::io(format!("cannot start {name} ({command:?})"), e))?;
-        Ok(ChildGuard::new(name, child))
+        let mut guard = ChildGuard::new(name, child);
+        guard.log = Some(log.to_owned());
+        Ok(guard)
     }
 
     /// The stdout pipe of a [`ChildGuard::spawn_piped`] child (once).
@@ -127,6 +134,69 @@ impl ChildGuard {
             .map_err(|e| Error::io(format!("cannot poll {}", self.name), e))
     }
 
+    /// `Some(status)` if it has exited (an error polling counts as running).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.try_wait().ok().flatten()
+    }
+
+    /// Its log file (stdout and stderr), if it was spawned with one.
+    pub fn log(&self) -> Option<&Path> {
+        self.log.as_deref()
+    }
+
+    /// The last `lines` lines of its log, for error messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = self
+            .log
+            .as_ref()
+            .and_then(|log| std::fs::read_to_string(log).ok())
+            .unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Waits for it to exit; kills it (and fails) after `deadline`.
+    pub fn wait_for_exit(&mut self, deadline: Duration) -> Result<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(status);
+            }
+            if start.elapsed() > deadline {
+                self.kill();
+                return Err(Error::Stopped {
+                    name: self.name.clone(),
+                    deadline,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `addr` accepts TCP connections while the process keeps
+    /// running; fails with its log's tail if it exits or `deadline` passes.
+    pub fn wait_listening(&mut self, addr: SocketAddr, deadline: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            let status = self.exited();
+            if status.is_some() || start.elapsed() > deadline {
+                return Err(Error::NotListening {
+                    name: self.name.clone(),
+                    what: match status {
+                        Some(status) => format!("exited ({status}) before listening on {addr}"),
+                        None => format!("did not listen on {addr} within {deadline:?}"),
+                    },
+                    log: self.log.clone().unwrap_or_default(),
+                    tail: self.log_tail(15),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kills and reaps now (what `Drop` does).
     pub fn kill(&mut self) {
         if let Ok(None) = self.child.try_wait() {
@@ -142,6 +212,19 @@ impl ChildGuard {
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A command for `program`, run under `taskset -c <cpu>` when `cpu` is
+/// given (taskset execs the program: the pid is the program's).
+pub fn pinned(program: &Path, cpu: Option<usize>) -> Command {
+    match cpu {
+        Some(cpu) => {
+            let mut command = Command::new("taskset");
+            command.arg("-c").arg(cpu.to_string()).arg(program);
+            command
+        }
+        None => Command::new(program),
     }
 }
 
@@ -202,6 +285,57 @@ mod tests {
         drop(guard);
         // Reaped by Drop: the pid is gone, not a zombie.
         assert!(!proc_dir.exists());
+    }
+
+    #[test]
+    fn pinned_runs_under_taskset_only_when_asked() {
+        let program = Path::new("/bin/true");
+        let plain = pinned(program, None);
+        assert_eq!(plain.get_program(), "/bin/true");
+        assert_eq!(plain.get_args().count(), 0);
+        let on_one = pinned(program, Some(1));
+        assert_eq!(on_one.get_program(), "taskset");
+        let args: Vec<_> = on_one.get_args().collect();
+        assert_eq!(args, ["-c", "1", "/bin/true"]);
+    }
+
+    #[test]
+    fn wait_for_exit_returns_the_status_or_stops_the_child() {
+        let dir = crate::paths::run_dir("guard-exit").unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo one; echo two; exit 3"]);
+        let mut quick =
+            ChildGuard::spawn_logged("quick", &mut cmd, &dir.join("quick.log")).unwrap();
+        let status = quick.wait_for_exit(Duration::from_secs(10)).unwrap();
+        assert_eq!(status.code(), Some(3));
+        assert_eq!(quick.log_tail(1), "two");
+        assert_eq!(quick.log_tail(5), "one\ntwo");
+        let mut cmd = Command::new("sleep");
+        cmd.arg("600");
+        let mut slow = ChildGuard::spawn_logged("slow", &mut cmd, &dir.join("slow.log")).unwrap();
+        let proc_dir = PathBuf::from(format!("/proc/{}", slow.pid()));
+        let err = slow.wait_for_exit(Duration::from_millis(50)).unwrap_err();
+        assert!(
+            err.to_string().contains("slow did not finish within"),
+            "{err}"
+        );
+        assert!(!proc_dir.exists(), "stopped and reaped");
+    }
+
+    #[test]
+    fn wait_listening_fails_with_the_log_when_the_child_exits() {
+        let dir = crate::paths::run_dir("guard-listen").unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo cannot bind; exit 1"]);
+        let mut child = ChildGuard::spawn_logged("app", &mut cmd, &dir.join("app.log")).unwrap();
+        let err = child
+            .wait_listening(free_addr().unwrap(), Duration::from_secs(10))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("app exited") && err.contains("cannot bind"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -2,10 +2,10 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use mesh::{
-    manifests, runtime,
     scenario::{self, Options, SCENARIOS},
     topology::{Addresses, Artifacts, Layout, Mesh},
 };
+use sidecar::manifests;
 
 /// The local mesh: real server pods, real Envoy sidecars with upstream-tagger,
 /// an L4 Service and the real clients on loopback — the Kubernetes + Istio
@@ -72,7 +72,7 @@ enum Cmd {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
-    runtime::stop_children_on_signals();
+    harness::process::stop_children_on_signals();
     let json = cli.json;
     match run(cli) {
         Ok(code) => code,
@@ -191,7 +191,7 @@ fn render(
 fn up(
     artifacts: &Artifacts,
     istio_dir: &std::path::Path,
-    plugin: &mesh::wasm_plugin::WasmPluginSpec,
+    plugin: &sidecar::wasm_plugin::WasmPluginSpec,
     options: &Options,
     experiment: &str,
 ) -> anyhow::Result<ExitCode> {

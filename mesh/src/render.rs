@@ -1,17 +1,17 @@
 //! `mesh render`: the local mesh's own rendering of one experiment, as JSON
 //! in the shape the Istio oracle (`tools/istio-oracle`) writes istiod's in,
 //! so the two compare field by field. The resources are taken from the
-//! bootstraps `Mesh::start` runs (`topology::sidecar_configs`), unchanged.
+//! bootstraps `Mesh::start` runs (`topology::sidecar_configs`, rendered by
+//! the `sidecar` crate), unchanged.
 
 use std::path::Path;
 
 use anyhow::Context as _;
 use serde_json::{Value, json};
 
-use crate::{
-    envoy_config, manifests,
-    topology::{self, Addresses, GRPC_PORT, SERVICE_HOST},
-};
+use sidecar::{inbound, manifests, outbound};
+
+use crate::topology::{self, Addresses, GRPC_PORT, SERVICE_HOST};
 
 /// The demo's pod network and name seed: a render names the same addresses
 /// a default `mesh demo` uses.
@@ -52,8 +52,8 @@ pub fn render(
         .servers
         .first()
         .context("--pods must be at least 1")?;
-    let outbound = envoy_config::outbound_cluster_name(GRPC_PORT, SERVICE_HOST);
-    let inbound = envoy_config::inbound_cluster_name(GRPC_PORT);
+    let outbound = outbound::outbound_cluster_name(GRPC_PORT, SERVICE_HOST);
+    let inbound = inbound::inbound_cluster_name(GRPC_PORT);
     Ok(json!({
         "experiment": experiment,
         "source": "mesh",

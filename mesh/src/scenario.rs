@@ -10,15 +10,17 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use harness::process::ChildGuard;
 use serde::Serialize;
-
-use crate::{
+use sidecar::{
     destination_rule::ClusterPolicy,
     manifests,
-    report::{self, Call, Summary},
-    runtime::Proc,
-    topology::{Addresses, Artifacts, GRPC_PORT, Layout, Mesh},
     wasm_plugin::{Side, WasmPluginSpec},
+};
+
+use crate::{
+    report::{self, Call, Summary},
+    topology::{Addresses, Artifacts, GRPC_PORT, Layout, Mesh},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -276,7 +278,7 @@ pub fn run(
     }
 
     let client_log = mesh.dir.join(format!("{binary}.stderr.log"));
-    let mut client = Proc::spawn_piped(binary, command, &client_log)?;
+    let mut client = ChildGuard::spawn_piped(binary, &mut command, &client_log)?;
     let stdout = client.take_stdout().context("client stdout")?;
     let watchdog = watchdog(client.pid(), Duration::from_secs(30 + calls / 10));
     let mut parsed = Vec::new();

@@ -1,32 +1,35 @@
 //! Starting the pieces of the local mesh on loopback addresses that stand in
-//! for pod IPs, and stopping them all (every process is a `Proc`).
+//! for pod IPs, and stopping them all (every process is a
+//! `harness::process::ChildGuard`, every Envoy a `harness::envoy::Envoy`).
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
+use harness::{
+    envoy::{self, Envoy},
+    process::ChildGuard,
+};
 use serde_json::Value;
 
-use crate::{
-    destination_rule::ClusterPolicy,
-    envoy_config,
-    runtime::{self, Proc},
+use sidecar::{
+    InboundPort, SidecarPolicies, inbound, outbound,
     wasm_plugin::{Side, WasmPluginSpec},
 };
+
+pub use sidecar::pods::pod_names;
+
+use crate::{kube_proxy, runtime};
 
 pub const GRPC_PORT: u16 = 30051;
 pub const HTTP_PORT: u16 = 8080;
 pub const SERVICE_HTTP_PORT: u16 = 80;
 pub const SIDECAR_INBOUND_PORT: u16 = 15006;
 pub const ENVOY_ADMIN_PORT: u16 = 15000;
-/// The pod template labels in `istio/base/` (server.yaml, client-grpc.yaml):
-/// what a WasmPlugin or Sidecar `selector` is matched against.
-pub const SERVER_POD_LABELS: [(&str, &str); 2] = [("app", "server"), ("version", "v1")];
-pub const CLIENT_POD_LABELS: [(&str, &str); 2] = [("app", "client-grpc"), ("version", "v1")];
 /// The Service's FQDN, as istiod names outbound clusters after it.
 pub const SERVICE_HOST: &str = "server.default.svc.cluster.local";
 
@@ -45,20 +48,10 @@ impl Artifacts {
     /// clear error with the command that provides it. Explicit paths win over
     /// the harness's defaults (`$ENVOY` or `.venv/bin/envoy`, `dist/`).
     pub fn locate(envoy: Option<PathBuf>, wasm: Option<PathBuf>) -> anyhow::Result<Self> {
-        let envoy = match envoy {
-            Some(path) if path.is_file() => path,
-            Some(path) => bail!(harness::Error::EnvoyMissing(path)),
-            None => harness::paths::envoy()?,
-        };
-        let wasm = match wasm {
-            Some(path) if path.is_file() => path,
-            Some(path) => bail!(harness::Error::WasmMissing(path)),
-            None => harness::paths::wasm()?,
-        };
         Ok(Self {
-            envoy: std::fs::canonicalize(&envoy).unwrap_or(envoy),
-            wasm: std::fs::canonicalize(&wasm).unwrap_or(wasm),
-            bin_dir: bin_dir()?,
+            envoy: harness::paths::envoy_at(envoy)?,
+            wasm: harness::paths::wasm_at(wasm)?,
+            bin_dir: harness::paths::bin_dir(&["server", "client-grpc", "client-http"])?,
             run_dir: harness::paths::target_dir().join("mesh"),
         })
     }
@@ -66,25 +59,6 @@ impl Artifacts {
     pub fn bin(&self, name: &str) -> PathBuf {
         self.bin_dir.join(name)
     }
-}
-
-/// Our binaries sit next to `mesh` (or, for tests, one level up from `deps/`).
-fn bin_dir() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("cannot find the mesh executable")?;
-    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    for _ in 0..2 {
-        if ["server", "client-grpc", "client-http"]
-            .iter()
-            .all(|b| dir.join(b).exists())
-        {
-            return Ok(dir);
-        }
-        dir = dir.join("..");
-    }
-    bail!(
-        "server, client-grpc and client-http are not built next to {}: run `cargo build --bins` (or `make demo`)",
-        exe.display()
-    )
 }
 
 /// Loopback addresses standing in for pod IPs: `127.<subnet>.1.<i+1>` for
@@ -132,17 +106,6 @@ impl Addresses {
     }
 }
 
-/// The policies istiod gives the sidecars in one experiment.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct SidecarPolicies {
-    /// The client's outbound cluster: the DestinationRule under test.
-    pub outbound: ClusterPolicy,
-    /// The server sidecars' inbound cluster (sidecar → app): the Sidecar's
-    /// `inboundConnectionPool` (`istio/sidecar.yaml`), never the
-    /// DestinationRule (see `sidecar.rs`).
-    pub inbound: ClusterPolicy,
-}
-
 /// Which parts a scenario needs.
 #[derive(Clone, Debug, Default)]
 pub struct Layout {
@@ -170,32 +133,19 @@ pub fn sidecar_configs(
     plugin: &WasmPluginSpec,
     wasm_file: &Path,
 ) -> SidecarConfigs {
-    let wasm = envoy_config::wasm_filter(plugin, wasm_file);
-    // The server side selects by container (target) port, the client side
-    // by Service port; both are 30051 here.
-    let server_wasm = plugin
-        .applies(Side::Server, GRPC_PORT)
-        .then(|| wasm.clone());
-    let client_wasm = plugin.applies(Side::Client, GRPC_PORT).then_some(wasm);
     let servers = pod_names
         .iter()
         .enumerate()
-        .map(|(i, pod)| {
-            envoy_config::server_sidecar(
-                pod,
-                addrs.sidecar_admin(i),
-                addrs.sidecar_inbound(i),
-                addrs.app_grpc(i),
-                harness::render::AppProtocol::Http2,
-                &policies.inbound,
-                server_wasm.clone(),
-            )
-        })
+        .map(|(i, pod)| server_sidecar(addrs, i, pod, policies, plugin, wasm_file).bootstrap())
         .collect();
+    // The client side selects by Service port (30051 here too).
+    let client_wasm = plugin
+        .applies(Side::Client, GRPC_PORT)
+        .then(|| plugin.envoy_plugin(wasm_file).http_filter());
     let sidecars: Vec<_> = (0..pod_names.len())
         .map(|i| addrs.sidecar_inbound(i))
         .collect();
-    let client = envoy_config::client_sidecar(
+    let client = outbound::client_sidecar(
         client_pod,
         addrs.client_sidecar_admin(),
         addrs.client_sidecar(),
@@ -208,6 +158,27 @@ pub fn sidecar_configs(
     SidecarConfigs { servers, client }
 }
 
+/// Server pod `i`'s sidecar: `sidecar::inbound::server_pod` (the function
+/// the filter's in-Envoy tests render theirs with) for the pod's gRPC port.
+pub fn server_sidecar(
+    addrs: Addresses,
+    i: usize,
+    pod: &str,
+    policies: &SidecarPolicies,
+    plugin: &WasmPluginSpec,
+    wasm_file: &Path,
+) -> sidecar::InboundSidecar {
+    inbound::server_pod(
+        pod,
+        addrs.pod_ip(i),
+        addrs.sidecar_admin(i),
+        vec![InboundPort::grpc(addrs.app_grpc(i)).listen(addrs.sidecar_inbound(i))],
+        &policies.inbound,
+        plugin,
+        wasm_file,
+    )
+}
+
 /// A seed for pod names: one per run, so every scenario shows the same pods.
 pub fn name_seed() -> u64 {
     std::time::SystemTime::now()
@@ -216,35 +187,15 @@ pub fn name_seed() -> u64 {
         .unwrap_or(42)
 }
 
-/// Kubernetes-like pod names: `<deployment>-<replicaset hash>-<5 chars>`.
-pub fn pod_names(deployment: &str, count: usize, seed: u64) -> Vec<String> {
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut state = seed | 1;
-    let mut next = move || {
-        // xorshift64: good enough for names.
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        ALPHABET[(state % ALPHABET.len() as u64) as usize] as char
-    };
-    let hash: String = (0..9).map(|_| next()).collect();
-    (0..count)
-        .map(|_| {
-            format!(
-                "{deployment}-{hash}-{}",
-                (0..5).map(|_| next()).collect::<String>()
-            )
-        })
-        .collect()
-}
-
 /// A running local mesh; dropping it stops every process.
 pub struct Mesh {
     pub addrs: Addresses,
     pub pod_names: Vec<String>,
     pub client_pod: String,
     pub dir: PathBuf,
-    procs: Vec<Proc>,
+    procs: Vec<ChildGuard>,
+    /// (name for messages, Envoy).
+    envoys: Vec<(String, Envoy)>,
 }
 
 impl Mesh {
@@ -265,6 +216,7 @@ impl Mesh {
             client_pod: pod_names("client-grpc", 1, seed.rotate_left(17)).remove(0),
             dir,
             procs: Vec::new(),
+            envoys: Vec::new(),
         };
 
         let mut needed = Vec::new();
@@ -304,8 +256,11 @@ impl Mesh {
                 .arg(addrs.app_http(i).to_string())
                 .env("POD_NAME", &pod);
             let log = mesh.dir.join(format!("{pod}.server.log"));
-            mesh.procs
-                .push(Proc::spawn(&format!("server {pod}"), command, &log)?);
+            mesh.procs.push(ChildGuard::spawn_logged(
+                &format!("server {pod}"),
+                &mut command,
+                &log,
+            )?);
         }
         let mut envoys = Vec::new();
         if let Some(policies) = &layout.sidecars {
@@ -337,7 +292,7 @@ impl Mesh {
         if layout.l4_service {
             let grpc_pods = (0..addrs.pods).map(|i| addrs.app_grpc(i)).collect();
             let http_pods = (0..addrs.pods).map(|i| addrs.app_http(i)).collect();
-            let config = envoy_config::l4_service(
+            let config = kube_proxy::l4_service(
                 addrs.service_admin(),
                 &[
                     (addrs.service_grpc(), grpc_pods),
@@ -350,97 +305,72 @@ impl Mesh {
         let deadline = Duration::from_secs(20);
         for i in 0..addrs.pods {
             let addr = addrs.app_grpc(i);
-            runtime::wait_listening(&mut mesh.procs[i], addr, deadline)?;
+            mesh.procs[i].wait_listening(addr, deadline)?;
         }
-        for (index, admin) in envoys {
-            mesh.wait_envoy_ready(index, admin, deadline)?;
+        for index in envoys {
+            mesh.wait_envoy_ready(index, deadline)?;
         }
         Ok(mesh)
     }
 
-    /// Write `config`, start Envoy on it; returns (proc index, admin address).
+    /// Start Envoy `name` on `config` (harness's launcher: config and log
+    /// as `<name>.envoy.{json,log}` in the mesh's folder); not yet ready.
     fn spawn_envoy(
         &mut self,
         artifacts: &Artifacts,
         name: &str,
         config: &Value,
         pod_name: Option<&str>,
-    ) -> anyhow::Result<(usize, SocketAddr)> {
-        let path = self.dir.join(format!("{name}.envoy.json"));
-        std::fs::write(&path, serde_json::to_vec_pretty(config)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        let admin: SocketAddr = config
-            .pointer("/admin/address/socket_address")
-            .and_then(|a| Some(format!("{}:{}", a["address"].as_str()?, a["port_value"])))
-            .and_then(|a| a.parse().ok())
-            .context("rendered Envoy config has no admin address")?;
-        let mut command = Command::new(&artifacts.envoy);
-        command
-            .arg("-c")
-            .arg(&path)
-            .args(["--disable-hot-restart", "--concurrency", "1"])
-            .args(["--log-level", "warn", "--component-log-level", "wasm:info"]);
-        if let Some(pod) = pod_name {
+    ) -> anyhow::Result<usize> {
+        let options = envoy::Options {
+            binary: Some(artifacts.envoy.clone()),
+            log_level: "warn".into(),
+            component_log_level: "wasm:info".into(),
             // istio-proxy has POD_NAME from the Downward API.
-            command.env("POD_NAME", pod);
-        }
-        let log = self.dir.join(format!("{name}.envoy.log"));
-        self.procs
-            .push(Proc::spawn(&format!("Envoy {name}"), command, &log)?);
-        Ok((self.procs.len() - 1, admin))
+            env: pod_name
+                .map(|pod| vec![("POD_NAME".to_owned(), pod.to_owned())])
+                .unwrap_or_default(),
+            wait_ready: false,
+            ..envoy::Options::default()
+        };
+        let envoy = Envoy::launch(&self.dir, &format!("{name}.envoy"), config, &options)
+            .with_context(|| format!("cannot start Envoy {name}"))?;
+        self.envoys.push((format!("Envoy {name}"), envoy));
+        Ok(self.envoys.len() - 1)
     }
 
-    fn wait_envoy_ready(
-        &mut self,
-        index: usize,
-        admin: SocketAddr,
-        deadline: Duration,
-    ) -> anyhow::Result<()> {
-        let start = Instant::now();
-        loop {
-            if let Ok((200, _)) = runtime::http_get(admin, "/ready") {
-                return Ok(());
-            }
-            let proc = &mut self.procs[index];
-            if let Some(status) = proc.exited() {
-                bail!(
-                    "{} rejected its config or failed to start ({status}); config and log in {}:\n{}\n\
-                     fix: the config is rendered from the manifests in istio/ - correct the \
-                     DestinationRule or WasmPlugin field Envoy names above (an \
-                     `invalid pluginConfig` line means the WasmPlugin's pluginConfig); \
-                     `envoy --mode validate -c <file>.envoy.json` from that folder reproduces it",
-                    proc.name,
-                    self.dir.display(),
-                    proc.log_tail(12)
-                );
-            }
-            if start.elapsed() > deadline {
-                bail!(
-                    "{} not ready within {deadline:?}; log {}:\n{}",
-                    proc.name,
-                    proc.log.display(),
-                    proc.log_tail(12)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
+    fn wait_envoy_ready(&mut self, index: usize, deadline: Duration) -> anyhow::Result<()> {
+        let (name, envoy) = &mut self.envoys[index];
+        match envoy.wait_ready(deadline) {
+            Ok(()) => Ok(()),
+            Err(harness::Error::EnvoyExited { status, .. }) => bail!(
+                "{name} rejected its config or failed to start ({status}); config and log in {}:\n{}\n\
+                 fix: the config is rendered from the manifests in istio/ - correct the \
+                 DestinationRule or WasmPlugin field Envoy names above (an \
+                 `invalid pluginConfig` line means the WasmPlugin's pluginConfig); \
+                 `envoy --mode validate -c <file>.envoy.json` from that folder reproduces it",
+                self.dir.display(),
+                envoy.log_tail(12)
+            ),
+            Err(_) => bail!(
+                "{name} not ready within {deadline:?}; log {}:\n{}",
+                envoy.log_path().display(),
+                envoy.log_tail(12)
+            ),
         }
     }
 
     /// Lines with `[critical]`/`[error]` in any Envoy log of this mesh.
     pub fn envoy_errors(&self) -> Vec<String> {
-        let mut found = Vec::new();
-        for proc in &self.procs {
-            if !proc.name.starts_with("Envoy") {
-                continue;
-            }
-            let text = std::fs::read_to_string(&proc.log).unwrap_or_default();
-            for line in text.lines() {
-                if line.contains("[critical]") || line.contains("[error]") {
-                    found.push(format!("{}: {line}", proc.name));
-                }
-            }
-        }
-        found
+        self.envoys
+            .iter()
+            .flat_map(|(name, envoy)| {
+                envoy
+                    .error_lines()
+                    .into_iter()
+                    .map(move |line| format!("{name}: {line}"))
+            })
+            .collect()
     }
 
     /// The sidecar of server pod `i`'s admin address (stats, config_dump).

@@ -43,7 +43,7 @@ fn json_run_that_cannot_start_still_answers_in_json() {
 /// A copy of `istio/` to change, under target/ (kept for inspection).
 fn istio_copy(label: &str) -> std::path::PathBuf {
     let dir = harness::paths::run_dir(label).unwrap();
-    let src = mesh::manifests::istio_dir(None);
+    let src = sidecar::manifests::istio_dir(None);
     for sub in ["", "destinationrules"] {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
         for entry in std::fs::read_dir(src.join(sub)).unwrap() {

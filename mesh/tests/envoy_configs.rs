@@ -4,9 +4,13 @@
 use std::net::SocketAddr;
 
 use mesh::{
+    kube_proxy,
+    topology::{self, Addresses, Artifacts, Layout, Mesh},
+};
+use sidecar::{
+    SidecarPolicies,
     destination_rule::{ClusterPolicy, Direction},
-    envoy_config, manifests,
-    topology::{self, Addresses, Artifacts, Layout, Mesh, SidecarPolicies},
+    manifests,
     wasm_plugin::{Side, WasmPluginSpec},
 };
 
@@ -66,7 +70,7 @@ fn every_rendered_config_passes_envoy_validate() {
     }
     // A WasmPlugin without `match` or `selector` goes on the client sidecar too.
     let mut everywhere = plugin.clone();
-    let bare = mesh::wasm_plugin::parse(&serde_json::json!({
+    let bare = sidecar::wasm_plugin::parse(&serde_json::json!({
         "kind": "WasmPlugin", "metadata": {"name": "upstream-tagger"}, "spec": {}
     }))
     .unwrap();
@@ -74,16 +78,60 @@ fn every_rendered_config_passes_envoy_validate() {
     everywhere.match_labels = bare.match_labels;
     assert!(everywhere.applies(Side::Client, 30051));
     assert_sidecars_valid("wasm-everywhere", &SidecarPolicies::default(), &everywhere);
-    let l4 = envoy_config::l4_service(
+    let l4 = kube_proxy::l4_service(
         addr("127.0.0.1:15000"),
         &[(addr("127.0.0.1:30051"), vec![addr("127.0.0.2:30051")])],
     );
     assert_valid("mesh-l4", &l4);
 }
 
+/// The in-Envoy filter tests (`filter/tests/in_envoy.rs`) and the mesh's
+/// server pods run one rendering: `sidecar::inbound::server_pod` fed from the
+/// same manifests. Given a mesh pod's addresses and its one gRPC port, it
+/// renders exactly the bootstrap `Mesh::start` runs and `mesh render` writes.
+#[test]
+fn the_filter_tests_and_the_mesh_run_the_same_inbound_sidecar() {
+    let istio = manifests::istio_dir(None);
+    let plugin = our_plugin();
+    let (inbound, _) = manifests::inbound_policy(&istio).unwrap();
+    let wasm = std::path::Path::new("/m.wasm");
+    let addrs = Addresses {
+        subnet: 10,
+        pods: 2,
+    };
+    let pods = topology::pod_names("server", 2, 1);
+    for experiment in ["none", "reuse", "one-per-conn", "tight"] {
+        let (policies, _) = manifests::experiment(&istio, experiment).unwrap();
+        assert_eq!(
+            policies.inbound, inbound,
+            "the Sidecar's pool, not the rule's"
+        );
+        let configs = topology::sidecar_configs(addrs, &pods, "client-0", &policies, &plugin, wasm);
+        for (i, pod) in pods.iter().enumerate() {
+            // What filter/tests/in_envoy.rs calls, with this pod's addresses.
+            let rendered = sidecar::inbound::server_pod(
+                pod,
+                addrs.pod_ip(i),
+                addrs.sidecar_admin(i),
+                vec![
+                    sidecar::InboundPort::grpc(addrs.app_grpc(i)).listen(addrs.sidecar_inbound(i)),
+                ],
+                &inbound,
+                &plugin,
+                wasm,
+            );
+            assert_eq!(
+                configs.servers[i],
+                rendered.bootstrap(),
+                "{experiment} {pod}"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_config_envoy_rejects_is_reported_in_envoys_words() {
-    let mut broken = envoy_config::l4_service(addr("127.0.0.1:15000"), &[]);
+    let mut broken = kube_proxy::l4_service(addr("127.0.0.1:15000"), &[]);
     broken["static_resources"]["clusters"] =
         serde_json::json!([{"name": "x", "lb_policy": "NO_SUCH_POLICY"}]);
     let rejection = harness::envoy::Envoy::validate("mesh-broken", &broken)
@@ -157,7 +205,7 @@ fn every_connection_pool_field_renders_to_its_cluster_field_and_envoy_accepts_it
             },
         }},
     });
-    let policy = mesh::destination_rule::translate(&rule).unwrap().policy;
+    let policy = sidecar::destination_rule::translate(&rule).unwrap().policy;
     let cluster = policy.envoy_cluster("c", Direction::Outbound, &[addr("127.0.0.2:15006")], true);
     let options = &cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
     let expected = [
@@ -237,7 +285,7 @@ fn every_connection_pool_field_renders_to_its_cluster_field_and_envoy_accepts_it
     let mut interval_only = rule.clone();
     interval_only["spec"]["trafficPolicy"]["connectionPool"]["http"]["http2KeepAlive"] =
         json!({"interval": "10s"});
-    let err = mesh::destination_rule::translate(&interval_only)
+    let err = sidecar::destination_rule::translate(&interval_only)
         .unwrap_err()
         .to_string();
     assert!(err.contains("http2KeepAlive.timeout"), "{err}");

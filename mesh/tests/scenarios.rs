@@ -3,10 +3,10 @@
 //! Each test uses its own loopback subnet so they can run in parallel.
 
 use mesh::{
-    manifests,
     scenario::{self, Options},
     topology::Artifacts,
 };
+use sidecar::manifests;
 
 fn run(name: &str, subnet: u8) {
     let istio_dir = manifests::istio_dir(None);

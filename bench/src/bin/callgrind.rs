@@ -72,7 +72,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    mesh::runtime::stop_children_on_signals();
+    harness::process::stop_children_on_signals();
     let opts = Options {
         envoy: args.envoy,
         wasm: args.wasm,

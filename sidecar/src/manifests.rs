@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 use serde::Deserialize as _;
 use serde_json::Value;
 
-use crate::{destination_rule, sidecar, topology::SidecarPolicies, wasm_plugin};
+use crate::{SidecarPolicies, destination_rule, sidecar_resource, wasm_plugin};
 
 /// The DestinationRule experiments, by the name of their file in
 /// `istio/destinationrules/` (and of their `make dr-*` target).
@@ -124,7 +124,7 @@ pub fn inbound_policy(
             )),
         ));
     }
-    let t = sidecar::translate(&one_of_kind(&path, "Sidecar")?)
+    let t = sidecar_resource::translate(&one_of_kind(&path, "Sidecar")?)
         .with_context(|| path.display().to_string())?;
     Ok((t.inbound, None))
 }

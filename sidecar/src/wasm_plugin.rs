@@ -1,13 +1,13 @@
 //! WasmPlugin → the pieces istiod puts into the sidecar's wasm filter
-//! (`../shared/docs/ISTIO-ENVOY.md` §1), and which listeners get it
+//! ([`crate::wasm_filter`] renders it), and which listeners get it
 //! (`match`). What istiod refuses is refused here; fields that do not change
 //! the rendered filter are warnings naming them.
 
 use serde_json::Value;
 
-use harness::render::{FailurePolicy, WasmPlugin};
+use crate::wasm_filter::{FailurePolicy, WasmFilter};
 
-use crate::topology::{CLIENT_POD_LABELS, SERVER_POD_LABELS};
+use crate::pods::{CLIENT_POD_LABELS, SERVER_POD_LABELS};
 
 /// What the sidecar's wasm filter is built from.
 #[derive(Clone, Debug, PartialEq)]
@@ -87,8 +87,8 @@ impl WasmPluginSpec {
 
     /// The plugin as the sidecar holds it, with the module at `wasm_file`
     /// (where istio-agent would have downloaded it).
-    pub fn envoy_plugin(&self, wasm_file: &std::path::Path) -> WasmPlugin {
-        WasmPlugin {
+    pub fn envoy_plugin(&self, wasm_file: &std::path::Path) -> WasmFilter {
+        WasmFilter {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
             plugin_name: self.plugin_name.clone(),

@@ -10,7 +10,7 @@ use crate::{
     destination_rule::{
         self, ClusterPolicy, FieldError, Fields, TranslateError, translate_connection_pool,
     },
-    topology::SERVER_POD_LABELS,
+    pods::SERVER_POD_LABELS,
 };
 
 /// A translated Sidecar.
