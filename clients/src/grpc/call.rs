@@ -15,7 +15,7 @@ use tonic::{
 use super::{Config, round_robin::Pool};
 use crate::{
     duration::format_duration,
-    record::{Call, Tags, error_text},
+    record::{Call, error_text, tags_from_headers},
     run::Caller,
 };
 
@@ -103,7 +103,7 @@ pub(super) async fn get_info(channel: &Channel, shared: &Shared) -> Call {
     }
     match result {
         Ok(response) => {
-            let tags = Tags::from_headers(response.metadata().as_ref());
+            let tags = tags_from_headers(response.metadata().as_ref());
             let info = response.into_inner();
             let mut call = Call::ok(info.name).with_tags(tags);
             // Empty/zero: an older server (the Go demo) that does not say.
@@ -166,7 +166,7 @@ fn connection_lost(status: &Status) -> bool {
 /// A failed call: canonical code, message with its causes, and the tags the
 /// error response carried (trailers-only responses put them in the status).
 pub fn status_call(status: &Status, timeout: Duration) -> Call {
-    let tags = Tags::from_headers(status.metadata().as_ref());
+    let tags = tags_from_headers(status.metadata().as_ref());
     // tonic reports its own enforcement of our deadline as CANCELLED; grpc-go
     // and grpcurl call that DEADLINE_EXCEEDED, and so do we.
     let mut cause = status.source();
@@ -229,10 +229,9 @@ mod tests {
     #[test]
     fn status_errors_carry_their_tags() {
         let mut status = Status::unavailable("upstream connect error\nreset");
-        status.metadata_mut().insert(
-            upstream_tagger::headers::UPSTREAM_POD,
-            "server-1".parse().unwrap(),
-        );
+        status
+            .metadata_mut()
+            .insert(wire::headers::UPSTREAM_POD, "server-1".parse().unwrap());
         let call = status_call(&status, Duration::from_secs(1));
         assert_eq!(
             call.outcome.unwrap_err(),
