@@ -261,7 +261,8 @@ pub fn run(
     };
     let mut command = Command::new(artifacts.bin(binary));
     // Records as JSON, read back as data; the `#N:` lines shown are the
-    // client's own, printed from those records by its formatter.
+    // client's own, printed from those records by its formatter. One summary
+    // line, at the end, whatever CLIENT_SUMMARY_EVERY says.
     command.args(&args).args([
         "--count",
         &calls.to_string(),
@@ -270,6 +271,8 @@ pub fn run(
         "--timeout",
         "3s",
         "--json",
+        "--summary-every",
+        "0",
     ]);
     let shown_command = format!(
         "{binary} {} --count {calls} --interval {interval}",
