@@ -1,92 +1,39 @@
-//! Durations on the command line: `100ms`, `2s`, `1.5s`, `1m30s`, `0`
-//! (Go's `time.ParseDuration` syntax, which users of the Go demo know).
+//! Durations on the command line: `100ms`, `2s`, `1.5s`, `1m30s`, `0`, read
+//! by `humantime` (the server's flags use it too); this module only names
+//! the flag value in the error.
 
 use std::time::Duration;
 
+const EXAMPLES: &str = "e.g. 100ms, 2s, 1.5s, 1m30s, or 0";
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DurationError {
-    #[error("empty duration (e.g. 100ms, 2s, 1.5s, 0)")]
+    #[error("empty duration ({EXAMPLES})")]
     Empty,
-    #[error(
-        "invalid duration {0:?}: expected a number with a unit ns, us, ms, s, m or h (e.g. 100ms, 2s, 1.5s, 1m30s) or 0"
-    )]
-    Invalid(String),
-    #[error("duration {0:?} is too large")]
+    #[error("invalid duration {input:?}: {reason} ({EXAMPLES})")]
+    Invalid { input: String, reason: String },
+    #[error("duration {0:?} is too large, or finer than a nanosecond")]
     TooLarge(String),
 }
 
-/// Parses one or more `<number><unit>` parts (`1m30s`); a bare `0` is zero.
+/// One or more `<number><unit>` parts (`1m30s`, `1m 30s`); a bare `0` is
+/// zero. Units: ns, us/µs, ms, s, m, h and humantime's longer spellings
+/// (`sec`, `min`, `days`, ...).
 pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
-    let s = input.trim();
-    if s.is_empty() {
-        return Err(DurationError::Empty);
-    }
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let invalid = || DurationError::Invalid(input.to_owned());
-    let mut total: u128 = 0;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(invalid)?;
-        let (number, tail) = rest.split_at(number_len);
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let unit_nanos: u128 = match unit {
-            "ns" => 1,
-            "us" | "µs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            _ => return Err(invalid()),
-        };
-        total = total
-            .checked_add(decimal_times(number, unit_nanos).ok_or_else(invalid)?)
-            .ok_or_else(|| DurationError::TooLarge(input.to_owned()))?;
-        rest = tail;
-    }
-    let secs = u64::try_from(total / 1_000_000_000)
-        .map_err(|_| DurationError::TooLarge(input.to_owned()))?;
-    Ok(Duration::new(secs, (total % 1_000_000_000) as u32))
+    let text = input.trim();
+    humantime::parse_duration(text).map_err(|e| match e {
+        humantime::DurationError::Empty => DurationError::Empty,
+        humantime::DurationError::NumberOverflow => DurationError::TooLarge(input.to_owned()),
+        reason => DurationError::Invalid {
+            input: input.to_owned(),
+            reason: reason.to_string(),
+        },
+    })
 }
 
-/// `number` (digits with at most one `.`) times `unit` nanoseconds, exactly:
-/// no floating point, so `1.1s` is 1_100_000_000 ns.
-fn decimal_times(number: &str, unit: u128) -> Option<u128> {
-    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
-    if int.is_empty() && frac.is_empty() || frac.contains('.') {
-        return None;
-    }
-    let int: u128 = if int.is_empty() { 0 } else { int.parse().ok()? };
-    let mut value = int.checked_mul(unit)?;
-    // Digits beyond nanosecond precision cannot matter; 30 keeps 10^n in u128.
-    let frac = &frac[..frac.len().min(30)];
-    if !frac.is_empty() {
-        let digits: u128 = frac.parse().ok()?;
-        value = value.checked_add(digits.checked_mul(unit)? / 10u128.pow(frac.len() as u32))?;
-    }
-    Some(value)
-}
-
-/// Short human form for logs and docs: `0s`, `1s`, `1500ms`, `250us`.
+/// Short human form for logs and messages: `0s`, `5s`, `1s 500ms`, `250us`.
 pub fn format_duration(d: Duration) -> String {
-    let nanos = d.as_nanos();
-    if nanos == 0 {
-        "0s".to_owned()
-    } else if nanos.is_multiple_of(1_000_000_000) {
-        format!("{}s", nanos / 1_000_000_000)
-    } else if nanos.is_multiple_of(1_000_000) {
-        format!("{}ms", nanos / 1_000_000)
-    } else if nanos.is_multiple_of(1_000) {
-        format!("{}us", nanos / 1_000)
-    } else {
-        format!("{nanos}ns")
-    }
+    humantime::format_duration(d).to_string()
 }
 
 #[cfg(test)]
@@ -101,7 +48,7 @@ mod tests {
             ("100ms", Duration::from_millis(100)),
             ("2s", Duration::from_secs(2)),
             ("1.5s", Duration::from_millis(1500)),
-            (".5s", Duration::from_millis(500)),
+            ("0.5s", Duration::from_millis(500)),
             ("1.1s", Duration::from_millis(1100)),
             ("1m30s", Duration::from_secs(90)),
             ("1h", Duration::from_secs(3600)),
@@ -109,6 +56,9 @@ mod tests {
             ("250µs", Duration::from_micros(250)),
             ("7ns", Duration::from_nanos(7)),
             (" 10ms ", Duration::from_millis(10)),
+            // humantime's additions.
+            ("1m 30s", Duration::from_secs(90)),
+            ("2min", Duration::from_secs(120)),
         ];
         for (input, want) in cases {
             assert_eq!(parse_duration(input), Ok(want), "{input}");
@@ -117,23 +67,35 @@ mod tests {
 
     #[test]
     fn rejects_missing_or_unknown_units_and_garbage() {
+        // `.5s` was accepted by the parser this replaced: humantime wants
+        // the leading 0.
         for input in [
-            "1", "10", "1x", "s", "ms", "-1s", "1..5s", ".s", "1s2", "abc", "1 s",
+            "1", "10", "1x", "s", "ms", "-1s", "1..5s", ".s", "1s2", "abc", ".5s",
         ] {
             assert!(
-                matches!(parse_duration(input), Err(DurationError::Invalid(_))),
+                matches!(parse_duration(input), Err(DurationError::Invalid { .. })),
                 "{input:?} -> {:?}",
                 parse_duration(input)
             );
         }
         assert_eq!(parse_duration("  "), Err(DurationError::Empty));
+        assert_eq!(parse_duration(""), Err(DurationError::Empty));
+    }
+
+    #[test]
+    fn errors_name_the_value_and_say_what_is_expected() {
+        let message = parse_duration("5").unwrap_err().to_string();
+        assert!(message.starts_with("invalid duration \"5\": "), "{message}");
+        assert!(message.contains("100ms"), "{message}");
+        let message = parse_duration("1x").unwrap_err().to_string();
+        assert!(message.contains("unknown time unit \"x\""), "{message}");
     }
 
     #[test]
     fn rejects_overflow_instead_of_wrapping() {
         assert!(matches!(
             parse_duration("99999999999999999999999h"),
-            Err(DurationError::Invalid(_) | DurationError::TooLarge(_))
+            Err(DurationError::Invalid { .. } | DurationError::TooLarge(_))
         ));
         assert!(matches!(
             parse_duration("6000000000000000h"),
@@ -142,10 +104,10 @@ mod tests {
     }
 
     #[test]
-    fn formats_in_the_largest_exact_unit() {
+    fn formats_in_exact_units() {
         assert_eq!(format_duration(Duration::ZERO), "0s");
         assert_eq!(format_duration(Duration::from_secs(5)), "5s");
-        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1s 500ms");
         assert_eq!(format_duration(Duration::from_micros(3)), "3us");
         assert_eq!(format_duration(Duration::from_nanos(3)), "3ns");
     }
@@ -156,6 +118,7 @@ mod tests {
             Duration::from_millis(1500),
             Duration::from_secs(2),
             Duration::from_nanos(9),
+            Duration::from_secs(90),
         ] {
             assert_eq!(parse_duration(&format_duration(d)), Ok(d));
         }

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use crate::{
     cli::LoopArgs,
     duration::format_duration,
-    record::{Call, Tags, error_text, header_value, one_line},
+    record::{Call, error_text, header_value, one_line, tags_from_headers},
     run::{self, Caller, LoopConfig},
     summary::Summary,
 };
@@ -241,7 +241,7 @@ impl HttpCaller {
             Err(e) => return Call::error("IO", error_text("request", Some(&e))),
         };
         let (parts, body) = response.into_parts();
-        let tags = Tags::from_headers(&parts.headers);
+        let tags = tags_from_headers(&parts.headers);
         let conn_requests = header_value(&parts.headers, proto::SERVER_CONNECTION_REQUESTS_HEADER)
             .and_then(|v| v.trim().parse().ok());
         let body = match Limited::new(body, MAX_BODY).collect().await {

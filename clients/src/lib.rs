@@ -13,7 +13,8 @@ pub mod http;
 pub mod record;
 pub mod run;
 pub mod signal;
-pub mod summary;
+/// The running totals over the records, from the `wire` crate.
+pub use wire::summary;
 
 pub use record::{Call, CallError, Record, Tags};
 pub use run::LoopConfig;

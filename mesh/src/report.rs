@@ -1,220 +1,209 @@
-//! What a scenario saw: the client's own lines parsed back, summarised the
-//! way a user reads `kubectl logs` (pods, connections, counts, errors).
+//! What a scenario saw: the client's `--json` records, read as they come and
+//! summarised by the clients' own [`Summary`], then shown the way a user
+//! reads `kubectl logs` (the client's own `#N:` lines and a table of pods,
+//! connections, counts and errors).
 
-use std::collections::{BTreeMap, BTreeSet};
+use anyhow::bail;
+use serde::Serializer;
+use wire::{Record, Summary};
 
-use serde::Serialize;
-
-/// One `#N: ...` line of a client, parsed.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Call {
-    pub n: u64,
-    /// The pod that answered; `None` for an error line.
-    pub pod: Option<String>,
-    /// `error: <CODE>` lines.
-    pub error_code: Option<String>,
-    /// What follows the code on an error line.
-    pub error_message: Option<String>,
-    /// The server's own per-connection count (`conn-requests=`).
-    pub conn_requests: Option<u64>,
-    pub upstream_pod: Option<String>,
-    pub upstream_connection_id: Option<String>,
-    pub upstream_connection_requests: Option<u64>,
+/// A client's `--json` stdout, taken line by line.
+#[derive(Debug, Default)]
+pub struct ClientOutput {
+    pub records: Vec<Record>,
+    /// The clients' summary of `records`.
+    pub summary: Summary,
+    /// The client printed its own summary line (it does so last).
+    pub summarised: bool,
 }
 
-/// Parse a client output line; `None` for anything that is not a call line
-/// (the client's summary table, blank lines).
-pub fn parse_line(line: &str) -> Option<Call> {
-    let rest = line.strip_prefix('#')?;
-    let (n, rest) = rest.split_once(": ")?;
-    let n = n.parse().ok()?;
-    let mut call = Call {
-        n,
-        pod: None,
-        error_code: None,
-        error_message: None,
-        conn_requests: None,
-        upstream_pod: None,
-        upstream_connection_id: None,
-        upstream_connection_requests: None,
+impl ClientOutput {
+    /// One line of output: a call record is kept (`true`); the client's
+    /// closing summary line must be the summary of the records read before
+    /// it (`false`). Anything else is an error that quotes the line: never
+    /// dropped.
+    pub fn push_line(&mut self, line: &str) -> anyhow::Result<bool> {
+        if self.summarised {
+            bail!("the client printed a line after its summary: {line:?}");
+        }
+        match Record::from_json_line(line) {
+            Ok(record) => {
+                self.summary.add(&record);
+                self.records.push(record);
+                Ok(true)
+            }
+            Err(_) if line == self.summary.json_line() => {
+                self.summarised = true;
+                Ok(false)
+            }
+            Err(_) if line.starts_with(r#"{"summary":"#) => bail!(
+                "the client's summary line disagrees with its {} records: {line:?} (the records add up to {})",
+                self.records.len(),
+                self.summary.json_line()
+            ),
+            Err(e) => bail!("the client printed a line that is not a call record ({e}): {line:?}"),
+        }
+    }
+}
+
+/// The table printed under each scenario.
+pub fn table(s: &Summary) -> String {
+    let connections_per_pod = s.connections_per_pod();
+    let mut out = String::new();
+    out.push_str(&format!(
+        "  {:<28} {:>6} {:>7} {:>12}\n",
+        "pod", "calls", "share", "connections"
+    ));
+    for (pod, calls) in &s.pods {
+        let share = 100.0 * *calls as f64 / s.calls.max(1) as f64;
+        let conns = connections_per_pod
+            .get(pod)
+            .map_or("-".to_owned(), |c| c.to_string());
+        out.push_str(&format!(
+            "  {pod:<28} {calls:>6} {share:>6.1}% {conns:>12}\n"
+        ));
+    }
+    let errors = if s.errors_by_code.is_empty() {
+        "0".to_owned()
+    } else {
+        s.errors_by_code
+            .iter()
+            .map(|(code, n)| format!("{code}={n}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     };
-    let mut words = rest.split(' ');
-    match words.next()? {
-        "error:" => {
-            let text = rest.strip_prefix("error: ").unwrap_or_default();
-            let (code, message) = text.split_once(' ').unwrap_or((text, ""));
-            call.error_code = Some(code.to_owned());
-            call.error_message = Some(message.to_owned());
-            words.next();
-        }
-        pod => call.pod = Some(pod.to_owned()),
-    }
-    for word in words {
-        let Some((key, value)) = word.split_once('=') else {
-            continue;
-        };
-        match key {
-            "conn-requests" => call.conn_requests = value.parse().ok(),
-            k if k == upstream_tagger::headers::UPSTREAM_POD => {
-                call.upstream_pod = Some(value.to_owned())
-            }
-            k if k == upstream_tagger::headers::UPSTREAM_CONNECTION_ID => {
-                call.upstream_connection_id = Some(value.to_owned())
-            }
-            k if k == upstream_tagger::headers::UPSTREAM_CONNECTION_REQUESTS => {
-                call.upstream_connection_requests = value.parse().ok()
-            }
-            _ => {}
-        }
-    }
-    Some(call)
+    out.push_str(&format!(
+        "  pods reached: {}   calls: {}   distinct connections: {}   max requests/connection: {}   errors: {errors}\n",
+        s.pods.len(),
+        s.calls,
+        s.connections().unwrap_or(0),
+        s.max_connection_requests().unwrap_or(0),
+    ));
+    out
 }
 
-/// The summary table of one scenario.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct Summary {
-    pub calls: u64,
-    pub ok: u64,
-    pub errors: u64,
-    pub calls_per_pod: BTreeMap<String, u64>,
-    /// Distinct connections: by the filter's tags (pod, connection id) when
-    /// present — the connection as the server sidecar saw it — else the calls
-    /// the server saw as the first on their connection (`conn-requests=1`).
-    pub connections: usize,
-    /// Connections per pod, by the same key.
-    pub connections_per_pod: BTreeMap<String, usize>,
-    /// Highest request index seen on one connection (filter tag, else the
-    /// server's own count).
-    pub max_requests_per_connection: u64,
-    pub errors_by_code: BTreeMap<String, u64>,
-    /// Every ok call carried the filter's tags.
-    pub all_tagged: bool,
-}
-
-impl Summary {
-    pub fn of(calls: &[Call]) -> Self {
-        let mut s = Summary {
-            all_tagged: true,
-            ..Summary::default()
-        };
-        let mut connections: BTreeSet<(String, String)> = BTreeSet::new();
-        for call in calls {
-            s.calls += 1;
-            match (&call.pod, &call.error_code) {
-                (Some(pod), _) => {
-                    s.ok += 1;
-                    *s.calls_per_pod.entry(pod.clone()).or_default() += 1;
-                    match (&call.upstream_pod, &call.upstream_connection_id) {
-                        (Some(up), Some(id)) => {
-                            connections.insert((up.clone(), id.clone()));
-                        }
-                        _ => {
-                            s.all_tagged = false;
-                            if call.conn_requests == Some(1) {
-                                // Untagged: a fresh connection is one the server counts from 1.
-                                connections.insert((pod.clone(), format!("#{}", call.n)));
-                            }
-                        }
-                    }
-                    let index = call.upstream_connection_requests.or(call.conn_requests);
-                    s.max_requests_per_connection =
-                        s.max_requests_per_connection.max(index.unwrap_or(0));
-                }
-                (None, code) => {
-                    s.errors += 1;
-                    let code = code.clone().unwrap_or_else(|| "UNKNOWN".into());
-                    *s.errors_by_code.entry(code).or_default() += 1;
-                }
-            }
-        }
-        if s.ok == 0 {
-            s.all_tagged = false;
-        }
-        s.connections = connections.len();
-        for (pod, _) in &connections {
-            *s.connections_per_pod.entry(pod.clone()).or_default() += 1;
-        }
-        s
-    }
-
-    /// The table printed under each scenario.
-    pub fn table(&self) -> String {
-        let mut out = String::new();
-        out.push_str(&format!(
-            "  {:<28} {:>6} {:>7} {:>12}\n",
-            "pod", "calls", "share", "connections"
-        ));
-        for (pod, calls) in &self.calls_per_pod {
-            let share = 100.0 * *calls as f64 / self.calls.max(1) as f64;
-            let conns = self
-                .connections_per_pod
-                .get(pod)
-                .map_or("-".to_owned(), |c| c.to_string());
-            out.push_str(&format!(
-                "  {pod:<28} {calls:>6} {share:>6.1}% {conns:>12}\n"
-            ));
-        }
-        let errors = if self.errors_by_code.is_empty() {
-            "0".to_owned()
-        } else {
-            self.errors_by_code
-                .iter()
-                .map(|(code, n)| format!("{code}={n}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        out.push_str(&format!(
-            "  pods reached: {}   calls: {}   distinct connections: {}   max requests/connection: {}   errors: {errors}\n",
-            self.calls_per_pod.len(),
-            self.calls,
-            self.connections,
-            self.max_requests_per_connection,
-        ));
-        out
-    }
+/// A scenario's summary in `mesh --json`: the clients' [`Summary`] under the
+/// names the mesh has always used (`calls_per_pod`, `connections`, ...).
+pub fn serialize_summary<S: Serializer>(s: &Summary, serializer: S) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(
+        &serde_json::json!({
+            "calls": s.calls,
+            "ok": s.ok,
+            "errors": s.errors,
+            "calls_per_pod": s.pods,
+            "connections": s.connections().unwrap_or(0),
+            "connections_per_pod": s.connections_per_pod(),
+            "max_requests_per_connection": s.max_connection_requests().unwrap_or(0),
+            "errors_by_code": s.errors_by_code,
+            "all_tagged": s.all_tagged(),
+        }),
+        serializer,
+    )
 }
 
 #[cfg(test)]
 mod tests {
+    use wire::{Call, Tags};
+
     use super::*;
 
+    /// What `client-grpc --json` prints for an answer through the sidecars.
+    fn tagged(n: u64, pod: &str, id: &str, requests: u64) -> String {
+        let call = Call::ok(pod).with_tags(Tags {
+            pod: Some(pod.into()),
+            connection_id: Some(id.into()),
+            connection_requests: Some(requests.to_string()),
+        });
+        Record {
+            n,
+            latency: std::time::Duration::ZERO,
+            call,
+        }
+        .json_line()
+    }
+
+    fn read(lines: &[String]) -> ClientOutput {
+        let mut output = ClientOutput::default();
+        for line in lines {
+            output.push_line(line).unwrap();
+        }
+        output
+    }
+
     #[test]
-    fn call_lines_parse_back() {
-        let ok = parse_line("#3: server-0 conn-requests=7 x-upstream-pod=server-0 x-upstream-connection-id=12 x-upstream-connection-requests=2").unwrap();
+    fn records_read_back_and_their_summary_line_is_checked() {
+        let mut lines = vec![
+            tagged(3, "server-0", "12", 2),
+            r#"{"n":4,"ok":false,"code":"UNAVAILABLE","message":"upstream connect error x=y","latency_us":5}"#.into(),
+        ];
+        let output = read(&lines);
+        let ok = &output.records[0];
         assert_eq!(ok.n, 3);
-        assert_eq!(ok.pod.as_deref(), Some("server-0"));
-        assert_eq!(ok.conn_requests, Some(7));
-        assert_eq!(ok.upstream_connection_id.as_deref(), Some("12"));
-        assert_eq!(ok.upstream_connection_requests, Some(2));
+        assert_eq!(ok.call.outcome.as_deref(), Ok("server-0"));
+        assert_eq!(ok.call.tags.connection_id.as_deref(), Some("12"));
+        assert_eq!(ok.call.upstream_connection_requests(), Some(2));
+        let err = output.records[1].call.outcome.as_ref().unwrap_err();
+        assert_eq!(err.code, "UNAVAILABLE");
+        assert_eq!(err.message, "upstream connect error x=y");
+        // What the client prints as it ends: the same summary.
+        lines.push(output.summary.json_line());
+        assert!(read(&lines).summarised);
+    }
 
-        let err = parse_line("#4: error: UNAVAILABLE upstream connect error x=y").unwrap();
-        assert_eq!(err.error_code.as_deref(), Some("UNAVAILABLE"));
-        assert_eq!(
-            err.error_message.as_deref(),
-            Some("upstream connect error x=y")
-        );
-        assert_eq!(err.pod, None);
-
-        assert_eq!(parse_line("  pod   calls"), None);
-        assert_eq!(parse_line("#x: nope"), None);
+    #[test]
+    fn a_line_that_is_not_a_record_is_an_error_naming_it() {
+        for (line, says) in [
+            ("#1: server-0", "not a call record"),
+            ("  pod   calls", "not a call record"),
+            (r#"{"n":1,"ok":true,"latency_us":1}"#, "without a pod"),
+            (r#"{"summary":{"calls":9}}"#, "disagrees with its 0 records"),
+        ] {
+            let error = ClientOutput::default()
+                .push_line(line)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(says), "{line}: {error}");
+            assert!(error.contains(&format!("{line:?}")), "{error}");
+        }
+        let mut output = ClientOutput::default();
+        output.push_line(&Summary::default().json_line()).unwrap();
+        let error = output.push_line(&tagged(1, "a", "1", 1)).unwrap_err();
+        assert!(error.to_string().contains("after its summary"), "{error}");
     }
 
     #[test]
     fn summary_counts_pods_connections_and_errors() {
-        let lines = [
-            "#1: a x-upstream-pod=a x-upstream-connection-id=1 x-upstream-connection-requests=1",
-            "#2: b x-upstream-pod=b x-upstream-connection-id=2 x-upstream-connection-requests=1",
-            "#3: a x-upstream-pod=a x-upstream-connection-id=1 x-upstream-connection-requests=2",
-            "#4: error: UNAVAILABLE overflow",
-        ];
-        let calls: Vec<_> = lines.iter().filter_map(|l| parse_line(l)).collect();
-        let s = Summary::of(&calls);
+        let output = read(&[
+            tagged(1, "a", "1", 1),
+            tagged(2, "b", "2", 1),
+            tagged(3, "a", "1", 2),
+            r#"{"n":4,"ok":false,"code":"UNAVAILABLE","message":"overflow","latency_us":5}"#.into(),
+        ]);
+        let s = &output.summary;
         assert_eq!((s.calls, s.ok, s.errors), (4, 3, 1));
-        assert_eq!(s.calls_per_pod["a"], 2);
-        assert_eq!(s.connections, 2);
-        assert_eq!(s.max_requests_per_connection, 2);
+        assert_eq!(s.pods["a"], 2);
+        assert_eq!(s.connections(), Some(2));
+        assert_eq!(s.max_connection_requests(), Some(2));
         assert_eq!(s.errors_by_code["UNAVAILABLE"], 1);
-        assert!(s.all_tagged);
-        assert!(s.table().contains("pods reached: 2"));
+        assert!(s.all_tagged());
+        assert!(table(s).contains("pods reached: 2"));
+    }
+
+    #[test]
+    fn json_summary_keeps_the_mesh_names() {
+        let output = read(&[tagged(1, "a", "1", 1), tagged(2, "a", "1", 2)]);
+        #[derive(serde::Serialize)]
+        struct Wrap(#[serde(serialize_with = "serialize_summary")] Summary);
+        let json = serde_json::to_value(Wrap(output.summary)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "calls": 2, "ok": 2, "errors": 0,
+                "calls_per_pod": {"a": 2},
+                "connections": 1, "connections_per_pod": {"a": 1},
+                "max_requests_per_connection": 2,
+                "errors_by_code": {}, "all_tagged": true,
+            })
+        );
     }
 }

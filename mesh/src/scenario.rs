@@ -18,8 +18,10 @@ use sidecar::{
     wasm_plugin::{Side, WasmPluginSpec},
 };
 
+use wire::{Record, Summary};
+
 use crate::{
-    report::{self, Call, Summary},
+    report::{self, ClientOutput},
     topology::{Addresses, Artifacts, GRPC_PORT, Layout, Mesh},
 };
 
@@ -125,8 +127,11 @@ pub struct Outcome {
     /// Why it failed (empty when it passed).
     pub problems: Vec<String>,
     pub warnings: Vec<String>,
+    /// The clients' own summary of `calls`.
+    #[serde(serialize_with = "report::serialize_summary")]
     pub summary: Summary,
-    pub calls: Vec<Call>,
+    /// The client's records, in its `--json` form.
+    pub calls: Vec<Record>,
     pub logs: String,
 }
 
@@ -258,6 +263,9 @@ pub fn run(
         }
     };
     let mut command = Command::new(artifacts.bin(binary));
+    // Records as JSON, read back as data; the `#N:` lines shown are the
+    // client's own, printed from those records by its formatter. One summary
+    // line, at the end, whatever CLIENT_SUMMARY_EVERY says.
     command.args(&args).args([
         "--count",
         &calls.to_string(),
@@ -265,6 +273,9 @@ pub fn run(
         interval,
         "--timeout",
         "3s",
+        "--json",
+        "--summary-every",
+        "0",
     ]);
     let shown_command = format!(
         "{binary} {} --count {calls} --interval {interval}",
@@ -281,15 +292,18 @@ pub fn run(
     let mut client = ChildGuard::spawn_piped(binary, &mut command, &client_log)?;
     let stdout = client.take_stdout().context("client stdout")?;
     let watchdog = watchdog(client.pid(), Duration::from_secs(30 + calls / 10));
-    let mut parsed = Vec::new();
+    let mut output = ClientOutput::default();
     let mut printer = LinePrinter::new(options.all_lines || options.quiet);
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading the client's output")?;
-        if let Some(call) = report::parse_line(&line) {
-            if !options.quiet {
-                printer.offer(&line, &call, &parsed);
-            }
-            parsed.push(call);
+        let is_record = output
+            .push_line(&line)
+            .with_context(|| format!("{binary}'s output (stderr in {})", client_log.display()))?;
+        if is_record
+            && !options.quiet
+            && let Some((record, before)) = output.records.split_last()
+        {
+            printer.offer(record, before);
         }
     }
     drop(watchdog);
@@ -298,18 +312,23 @@ pub fn run(
         printer.finish();
     }
 
-    let summary = Summary::of(&parsed);
+    let ClientOutput {
+        records,
+        summary,
+        summarised,
+    } = output;
     let mut problems = check(
         scenario.id,
         &summary,
-        &parsed,
+        &records,
         options.pods,
         policy.as_ref(),
     );
-    if parsed.len() as u64 != calls {
+    if records.len() as u64 != calls || !summarised {
         problems.push(format!(
-            "the client printed {} call lines, expected {calls} (exit {status}; stderr in {})",
-            parsed.len(),
+            "the client printed {} call records{}, expected {calls} and its summary (exit {status}; stderr in {})",
+            records.len(),
+            if summarised { "" } else { " and no summary" },
             client_log.display()
         ));
     }
@@ -319,7 +338,7 @@ pub fn run(
     }
     let passed = problems.is_empty();
     if !options.quiet {
-        print!("{}", summary.table());
+        print!("{}", report::table(&summary));
         println!("   expected: {}", scenario.expected);
         if passed {
             println!("   [PASS]");
@@ -338,7 +357,7 @@ pub fn run(
         problems,
         warnings,
         summary,
-        calls: parsed,
+        calls: records,
         logs: mesh.dir.display().to_string(),
     })
 }
@@ -359,7 +378,7 @@ fn watchdog(pid: u32, after: Duration) -> mpsc::Sender<()> {
 pub fn check(
     id: Id,
     s: &Summary,
-    calls: &[Call],
+    calls: &[Record],
     pods: usize,
     policy: Option<&ClusterPolicy>,
 ) -> Vec<String> {
@@ -369,7 +388,9 @@ pub fn check(
             problems.push(what);
         }
     };
-    let reached = s.calls_per_pod.len();
+    let reached = s.pods.len();
+    let connections = s.connections().unwrap_or(0);
+    let max_requests_per_connection = s.max_connection_requests().unwrap_or(0);
     match id {
         Id::HttpL4 => {
             // Random per connection: spread, but a pod may be missed, and
@@ -382,8 +403,8 @@ pub fn check(
             expect(s.errors == 0, format!("{} errors", s.errors));
             // No keep-alive: every answer is the first on its connection.
             expect(
-                s.connections as u64 == s.ok,
-                format!("{} fresh connections for {} answers", s.connections, s.ok),
+                connections == s.ok,
+                format!("{connections} fresh connections for {} answers", s.ok),
             );
         }
         Id::ClientRoundRobin => {
@@ -392,14 +413,11 @@ pub fn check(
             // Connections as the servers counted them (conn-requests=1
             // opens one): exactly one per pod, each reused.
             expect(
-                s.connections == pods,
-                format!(
-                    "{} connections for {pods} pods, expected one each",
-                    s.connections
-                ),
+                connections == pods as u64,
+                format!("{connections} connections for {pods} pods, expected one each"),
             );
             expect(
-                s.max_requests_per_connection > 1 || s.ok <= pods as u64,
+                max_requests_per_connection > 1 || s.ok <= pods as u64,
                 "connections were not reused".into(),
             );
         }
@@ -409,7 +427,7 @@ pub fn check(
                 format!("reached {reached} pods, expected exactly 1"),
             );
             expect(s.errors == 0, format!("{} errors", s.errors));
-            let counts: Vec<u64> = calls.iter().filter_map(|c| c.conn_requests).collect();
+            let counts: Vec<u64> = calls.iter().filter_map(|c| c.call.conn_requests).collect();
             expect(
                 counts.windows(2).all(|w| w[1] == w[0] + 1),
                 "the server's per-connection count did not grow by one each call".into(),
@@ -418,25 +436,28 @@ pub fn check(
         Id::GrpcMesh => {
             expect(reached == pods, format!("reached {reached} of {pods} pods"));
             expect(s.errors == 0, format!("{} errors", s.errors));
-            expect(s.all_tagged, "some responses lack the filter's tags".into());
             expect(
-                s.connections == reached,
-                format!(
-                    "{} connections for {reached} pods, expected one each",
-                    s.connections
-                ),
+                s.all_tagged(),
+                "some responses lack the filter's tags".into(),
             );
             expect(
-                s.max_requests_per_connection > 1,
+                connections == reached as u64,
+                format!("{connections} connections for {reached} pods, expected one each"),
+            );
+            expect(
+                max_requests_per_connection > 1,
                 "connection counts never grew".into(),
             );
         }
         Id::OnePerConn => {
-            expect(s.all_tagged, "some responses lack the filter's tags".into());
+            expect(
+                s.all_tagged(),
+                "some responses lack the filter's tags".into(),
+            );
             let not_first: Vec<u64> = calls
                 .iter()
-                .filter(|c| c.pod.is_some())
-                .filter(|c| c.upstream_connection_requests != Some(1))
+                .filter(|c| c.call.outcome.is_ok())
+                .filter(|c| c.call.upstream_connection_requests() != Some(1))
                 .map(|c| c.n)
                 .collect();
             expect(
@@ -444,8 +465,8 @@ pub fn check(
                 format!("calls {not_first:?} were not request 1"),
             );
             expect(
-                s.connections as u64 == s.ok,
-                format!("{} connection ids for {} answers", s.connections, s.ok),
+                connections == s.ok,
+                format!("{connections} connection ids for {} answers", s.ok),
             );
             // Envoy may reset a stream racing the close (envoy#8817): tolerated, reported.
             expect(
@@ -460,15 +481,14 @@ pub fn check(
             expect(reached == pods, format!("reached {reached} of {pods} pods"));
             expect(s.errors == 0, format!("{} errors", s.errors));
             expect(
-                s.max_requests_per_connection == limit,
+                max_requests_per_connection == limit,
                 format!(
-                    "max requests per connection {} != limit {limit}",
-                    s.max_requests_per_connection
+                    "max requests per connection {max_requests_per_connection} != limit {limit}"
                 ),
             );
             expect(
-                s.connections > reached,
-                format!("no connection rolled over ({} connections)", s.connections),
+                connections > reached as u64,
+                format!("no connection rolled over ({connections} connections)"),
             );
         }
         Id::Tight => {
@@ -476,12 +496,8 @@ pub fn check(
             // with `reset reason: overflow` in the message.
             let overflow = calls
                 .iter()
-                .filter(|c| c.error_code.as_deref() == Some("UNAVAILABLE"))
-                .filter(|c| {
-                    c.error_message
-                        .as_deref()
-                        .is_some_and(|m| m.contains("overflow"))
-                })
+                .filter_map(|c| c.call.outcome.as_ref().err())
+                .filter(|e| e.code == "UNAVAILABLE" && e.message.contains("overflow"))
                 .count() as u64;
             expect(
                 overflow > 0,
@@ -524,15 +540,14 @@ impl LinePrinter {
         }
     }
 
-    fn offer(&mut self, line: &str, call: &Call, before: &[Call]) {
-        let new_connection = call.upstream_connection_requests == Some(1)
-            && before
-                .iter()
-                .filter(|c| c.upstream_connection_requests == Some(1))
-                .count()
-                < CAP;
-        let interesting =
-            self.shown < HEAD || (self.shown < CAP && (new_connection || call.pod.is_none()));
+    /// `record` as the client prints it (its own formatter), or hidden.
+    fn offer(&mut self, record: &Record, before: &[Record]) {
+        let first_on_connection = |r: &Record| r.call.upstream_connection_requests() == Some(1);
+        let new_connection = first_on_connection(record)
+            && before.iter().filter(|r| first_on_connection(r)).count() < CAP;
+        let interesting = self.shown < HEAD
+            || (self.shown < CAP && (new_connection || record.call.outcome.is_err()));
+        let line = record.text_line();
         if self.all || interesting {
             self.flush_hidden();
             println!("{line}");
@@ -540,7 +555,7 @@ impl LinePrinter {
             self.last = None;
         } else {
             self.hidden += 1;
-            self.last = Some(line.to_owned());
+            self.last = Some(line);
         }
     }
 
@@ -583,21 +598,47 @@ pub fn preflight(istio_dir: &Path) -> anyhow::Result<WasmPluginSpec> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Id, check};
-    use crate::report::{Summary, parse_line};
+    use std::time::Duration;
 
-    fn problems(id: Id, lines: &[&str], pods: usize) -> Vec<String> {
-        let calls: Vec<_> = lines.iter().filter_map(|l| parse_line(l)).collect();
-        check(id, &Summary::of(&calls), &calls, pods, None)
+    use wire::{Call, Record, Summary};
+
+    use super::{Id, check};
+
+    /// An answer as the client records it: the pod, the server's count on
+    /// the connection, and the caller's address the server saw (one per
+    /// connection).
+    fn answer(n: u64, pod: &str, conn_requests: u64, peer: &str) -> Record {
+        let mut call = Call::ok(pod);
+        call.conn_requests = Some(conn_requests);
+        call.peer = Some(peer.into());
+        Record {
+            n,
+            latency: Duration::ZERO,
+            call,
+        }
+    }
+
+    fn failure(n: u64, code: &str, message: &str) -> Record {
+        Record {
+            n,
+            latency: Duration::ZERO,
+            call: Call::error(code, message),
+        }
+    }
+
+    fn problems(id: Id, records: &[Record], pods: usize) -> Vec<String> {
+        let mut summary = Summary::default();
+        records.iter().for_each(|r| summary.add(r));
+        check(id, &summary, records, pods, None)
     }
 
     #[test]
     fn client_round_robin_needs_exactly_one_reused_connection_per_pod() {
         let one_each = [
-            "#1: a conn-requests=1",
-            "#2: b conn-requests=1",
-            "#3: a conn-requests=2",
-            "#4: b conn-requests=2",
+            answer(1, "a", 1, "c:1"),
+            answer(2, "b", 1, "c:2"),
+            answer(3, "a", 2, "c:1"),
+            answer(4, "b", 2, "c:2"),
         ];
         assert_eq!(
             problems(Id::ClientRoundRobin, &one_each, 2),
@@ -605,10 +646,10 @@ mod tests {
         );
         // Both pods reached, but `a` on two connections.
         let two_for_a = [
-            "#1: a conn-requests=1",
-            "#2: b conn-requests=1",
-            "#3: a conn-requests=1",
-            "#4: b conn-requests=2",
+            answer(1, "a", 1, "c:1"),
+            answer(2, "b", 1, "c:2"),
+            answer(3, "a", 1, "c:3"),
+            answer(4, "b", 2, "c:2"),
         ];
         let found = problems(Id::ClientRoundRobin, &two_for_a, 2);
         assert!(
@@ -619,12 +660,12 @@ mod tests {
 
     #[test]
     fn http_without_keepalive_needs_a_fresh_connection_per_call() {
-        let fresh = ["#1: a conn-requests=1", "#2: b conn-requests=1"];
+        let fresh = [answer(1, "a", 1, "c:1"), answer(2, "b", 1, "c:2")];
         assert_eq!(problems(Id::HttpL4, &fresh, 2), Vec::<String>::new());
         let reused = [
-            "#1: a conn-requests=1",
-            "#2: b conn-requests=1",
-            "#3: a conn-requests=2",
+            answer(1, "a", 1, "c:1"),
+            answer(2, "b", 1, "c:2"),
+            answer(3, "a", 2, "c:1"),
         ];
         let found = problems(Id::HttpL4, &reused, 2);
         assert!(
@@ -638,12 +679,12 @@ mod tests {
     #[test]
     fn http_via_random_l4_needs_spread_not_every_pod() {
         let two_of_three = [
-            "#1: a conn-requests=1",
-            "#2: a conn-requests=1",
-            "#3: b conn-requests=1",
+            answer(1, "a", 1, "c:1"),
+            answer(2, "a", 1, "c:2"),
+            answer(3, "b", 1, "c:3"),
         ];
         assert_eq!(problems(Id::HttpL4, &two_of_three, 3), Vec::<String>::new());
-        let stuck = ["#1: a conn-requests=1", "#2: a conn-requests=1"];
+        let stuck = [answer(1, "a", 1, "c:1"), answer(2, "a", 1, "c:2")];
         let found = problems(Id::HttpL4, &stuck, 3);
         assert!(
             found.iter().any(|p| p.contains("reached 1 of 3 pods")),
@@ -655,13 +696,17 @@ mod tests {
     #[test]
     fn tight_pool_errors_must_be_overflow() {
         let overflow = [
-            "#1: a conn-requests=1",
-            "#2: error: UNAVAILABLE upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            answer(1, "a", 1, "c:1"),
+            failure(
+                2,
+                "UNAVAILABLE",
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            ),
         ];
         assert_eq!(problems(Id::Tight, &overflow, 3), Vec::<String>::new());
         let refused = [
-            "#1: a conn-requests=1",
-            "#2: error: UNAVAILABLE connection refused",
+            answer(1, "a", 1, "c:1"),
+            failure(2, "UNAVAILABLE", "connection refused"),
         ];
         let found = problems(Id::Tight, &refused, 3);
         assert!(
@@ -672,9 +717,9 @@ mod tests {
 
     #[test]
     fn grpc_through_l4_must_stay_on_one_pod() {
-        let pinned = ["#1: a conn-requests=1", "#2: a conn-requests=2"];
+        let pinned = [answer(1, "a", 1, "c:1"), answer(2, "a", 2, "c:1")];
         assert_eq!(problems(Id::GrpcL4, &pinned, 3), Vec::<String>::new());
-        let spread = ["#1: a conn-requests=1", "#2: b conn-requests=1"];
+        let spread = [answer(1, "a", 1, "c:1"), answer(2, "b", 1, "c:2")];
         assert!(!problems(Id::GrpcL4, &spread, 3).is_empty());
     }
 }

@@ -50,6 +50,8 @@ pub struct Summary {
     /// Successful calls per pod.
     pub pods: BTreeMap<String, u64>,
     pub errors_by_code: BTreeMap<String, u64>,
+    /// Successful calls that carried the filter's pod and connection id.
+    tagged: u64,
     connections: HashMap<ConnKey, ConnStats>,
 }
 
@@ -61,6 +63,9 @@ impl Summary {
             Ok(pod) => {
                 self.ok += 1;
                 *self.pods.entry(pod.clone()).or_default() += 1;
+                if call.tags.pod.is_some() && call.tags.connection_id.is_some() {
+                    self.tagged += 1;
+                }
             }
             Err(e) => {
                 self.errors += 1;
@@ -102,6 +107,23 @@ impl Summary {
     pub fn connections(&self) -> Option<u64> {
         (!self.connections.is_empty())
             .then(|| self.connections.values().map(ConnStats::connections).sum())
+    }
+
+    /// Distinct connections per pod: the pod the filter named for tagged
+    /// calls, else the pod that answered.
+    pub fn connections_per_pod(&self) -> BTreeMap<String, u64> {
+        let mut per_pod = BTreeMap::new();
+        for (key, stats) in &self.connections {
+            let (ConnKey::Upstream { pod, .. } | ConnKey::Peer { pod, .. }) = key;
+            *per_pod.entry(pod.clone()).or_default() += stats.connections();
+        }
+        per_pod
+    }
+
+    /// Every call answered, and every answer carried the filter's tags (so
+    /// it went through a sidecar running it).
+    pub fn all_tagged(&self) -> bool {
+        self.ok > 0 && self.tagged == self.ok
     }
 
     /// The most requests seen on any one connection; `None` as above.
@@ -283,6 +305,29 @@ mod tests {
         ]);
         assert_eq!(s.connections(), Some(2));
         assert_eq!(s.max_connection_requests(), Some(42));
+    }
+
+    #[test]
+    fn connections_per_pod_follow_the_filters_pod_else_the_answering_one() {
+        let s = summary(&[
+            tagged(1, "a", "7", "1", "sidecar:1"),
+            tagged(2, "b", "8", "1", "sidecar:1"),
+            tagged(3, "a", "9", "1", "sidecar:1"),
+            ok(4, "c", "p:1", 1),
+        ]);
+        assert_eq!(
+            s.connections_per_pod(),
+            BTreeMap::from([("a".into(), 2), ("b".into(), 1), ("c".into(), 1)])
+        );
+    }
+
+    #[test]
+    fn all_tagged_needs_answers_and_the_filters_tags_on_each() {
+        let both = summary(&[tagged(1, "a", "7", "1", "sidecar:1"), err(2, "UNAVAILABLE")]);
+        assert!(both.all_tagged());
+        let one_bare = summary(&[tagged(1, "a", "7", "1", "p:1"), ok(2, "a", "p:1", 2)]);
+        assert!(!one_bare.all_tagged());
+        assert!(!summary(&[err(1, "UNAVAILABLE")]).all_tagged());
     }
 
     #[test]
