@@ -2,7 +2,7 @@
 
 /// Split one `name=value` header value; the name must be a valid lowercase
 /// header name the transport does not own
-/// ([`upstream_tagger::headers::is_transport_owned`]).
+/// ([`wire::headers::is_transport_owned`]).
 /// Errors are user-facing messages.
 pub fn parse_echo_header(raw: &[u8]) -> Result<(&str, &str), String> {
     let text = std::str::from_utf8(raw)
@@ -24,7 +24,7 @@ pub fn parse_echo_header(raw: &[u8]) -> Result<(&str, &str), String> {
             proto::ECHO_RESPONSE_HEADER
         ));
     }
-    if upstream_tagger::headers::is_transport_owned(name) {
+    if wire::headers::is_transport_owned(name) {
         return Err(format!(
             "{} names {name:?}: a header the transport owns cannot be echoed",
             proto::ECHO_RESPONSE_HEADER
