@@ -1,4 +1,4 @@
-"""Every relative link in README.md and docs/ resolves to a file or folder of this repository."""
+"""Every relative link in README.md, ARCHITECTURE.md and docs/ resolves to a file or folder of this repository."""
 
 import re
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", ROOT / "ARCHITECTURE.md", *sorted((ROOT / "docs").glob("*.md"))]
 # [text](target) outside code fences; targets with a scheme or a bare #anchor are not files.
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```.*?^```", re.S | re.M)
