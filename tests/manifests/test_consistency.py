@@ -150,8 +150,8 @@ def _clap_flags(path):
 def test_client_args_are_flags_the_binaries_accept(base_docs):
     common = _clap_flags(ROOT / "clients/src/cli.rs")
     accepted = {
-        "client-grpc": _clap_flags(ROOT / "clients/src/grpc.rs") | common,
-        "client-grpc-headless": _clap_flags(ROOT / "clients/src/grpc.rs") | common,
+        "client-grpc": _clap_flags(ROOT / "clients/src/grpc/args.rs") | common,
+        "client-grpc-headless": _clap_flags(ROOT / "clients/src/grpc/args.rs") | common,
         "client-http": _clap_flags(ROOT / "clients/src/http.rs") | common,
     }
     assert {"host", "mode", "interval", "count"} <= accepted["client-grpc"]
@@ -160,7 +160,7 @@ def test_client_args_are_flags_the_binaries_accept(base_docs):
         unknown = set(args(find(base_docs, "Deployment", name))) - flags
         assert not unknown, f"{name}: flags the binary does not have: {unknown}"
     # The mode value is one of the enum's variants (clap kebab-cases them).
-    variants = re.search(r"pub enum Mode \{([^}]*)\}", (ROOT / "clients/src/grpc.rs").read_text()).group(1)
+    variants = re.search(r"pub enum Mode \{([^}]*)\}", (ROOT / "clients/src/grpc/args.rs").read_text()).group(1)
     kebab = {re.sub(r"(?<!^)([A-Z])", r"-\1", v.strip()).lower() for v in variants.split(",") if v.strip()}
     assert args(find(base_docs, "Deployment", "client-grpc-headless"))["mode"] in kebab
 
@@ -199,7 +199,7 @@ def test_wasmplugin_selects_the_server_pods_inbound(wasm, base_docs):
 
 
 def test_plugin_config_header_names_are_the_filter_constants(wasm):
-    consts = rust_str_consts(ROOT / "filter/src/headers.rs")
+    consts = rust_str_consts(ROOT / "wire/src/headers.rs")
     config = wasm["spec"]["pluginConfig"]
     assert config["pod_header"] == consts["UPSTREAM_POD"]
     assert config["connection_id_header"] == consts["UPSTREAM_CONNECTION_ID"]
