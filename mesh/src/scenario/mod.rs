@@ -12,8 +12,6 @@ pub mod catalog;
 pub mod check;
 pub mod engine;
 
-use std::net::SocketAddr;
-
 use anyhow::bail;
 use sidecar::SidecarPolicies;
 
@@ -72,17 +70,14 @@ impl ClientPath {
 
     /// What `binary` dials on this path (`{target}` in its arguments).
     pub fn target(self, addrs: &Addresses, binary: Binary) -> anyhow::Result<String> {
-        let joined = |each: &dyn Fn(usize) -> SocketAddr| {
-            (0..addrs.pods)
-                .map(|i| each(i).to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        };
         Ok(match (self, binary) {
             (Self::L4Service, Binary::ClientGrpc) => addrs.service_grpc().to_string(),
             (Self::L4Service, Binary::ClientHttp) => addrs.service_http().to_string(),
             (Self::Sidecar, Binary::ClientGrpc) => addrs.client_sidecar().to_string(),
-            (Self::PodAddresses, Binary::ClientGrpc) => joined(&|i| addrs.app_grpc(i)),
+            (Self::PodAddresses, Binary::ClientGrpc) => (0..addrs.pods)
+                .map(|i| addrs.app_grpc(i).to_string())
+                .collect::<Vec<_>>()
+                .join(","),
             (Self::Sidecar | Self::PodAddresses, Binary::ClientHttp) => bail!(
                 "{} via {self:?}: the local mesh has no such route (the client sidecar \
                  listens for gRPC only; client-http takes one URL)",
@@ -138,4 +133,28 @@ pub enum Calls {
     /// `--calls`, but enough for every pod's connection to reach the
     /// DestinationRule's `maxRequestsPerConnection` and roll over.
     PastConnectionLimit,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_path_the_mesh_lacks_is_refused_by_name() {
+        let addrs = Addresses {
+            subnet: 10,
+            pods: 2,
+        };
+        assert_eq!(
+            ClientPath::PodAddresses
+                .target(&addrs, Binary::ClientGrpc)
+                .unwrap(),
+            "127.10.1.1:30051,127.10.1.2:30051"
+        );
+        let error = ClientPath::Sidecar
+            .target(&addrs, Binary::ClientHttp)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("client-http via Sidecar"), "{error}");
+    }
 }
