@@ -74,7 +74,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     harness::process::stop_children_on_signals();
     let json = cli.json;
-    match run(cli) {
+    match run_command(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("mesh: {e:#}");
@@ -90,9 +90,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// The subcommand `cli` names, to its exit code.
+fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Cmd::List = cli.command {
-        for s in &SCENARIOS {
+        for s in SCENARIOS {
             println!("{}. {:<13} {}", s.number, s.name, s.title);
         }
         return Ok(ExitCode::SUCCESS);
@@ -122,7 +123,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
     let mut outcomes = Vec::new();
     for s in selected {
-        outcomes.push(scenario::run(s, &options, &artifacts, &istio_dir, &plugin)?);
+        outcomes.push(scenario::run_scenario(
+            s, &options, &artifacts, &istio_dir, &plugin,
+        )?);
     }
     let failed: Vec<_> = outcomes
         .iter()
@@ -206,6 +209,7 @@ fn up(
     let layout = Layout {
         l4_service: true,
         sidecars: Some(policies),
+        server_args: Vec::new(),
     };
     let mesh = Mesh::start(artifacts, addrs, &layout, plugin, "up", options.seed)?;
     println!("local mesh up (DestinationRule: {experiment}); Ctrl-C stops everything\n");

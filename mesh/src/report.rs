@@ -46,6 +46,69 @@ impl ClientOutput {
     }
 }
 
+/// Shows what `kubectl logs` would, trimmed for long runs: the first lines,
+/// every line that opens a new connection or fails (up to a cap), the last.
+pub struct LinePrinter {
+    all: bool,
+    shown: usize,
+    hidden: usize,
+    last: Option<String>,
+}
+
+const HEAD: usize = 6;
+const CAP: usize = 16;
+
+impl LinePrinter {
+    /// `all`: print every line, untrimmed.
+    pub fn new(all: bool) -> Self {
+        Self {
+            all,
+            shown: 0,
+            hidden: 0,
+            last: None,
+        }
+    }
+
+    /// `record` as the client prints it (its own formatter), or hidden.
+    pub fn offer(&mut self, record: &Record, before: &[Record]) {
+        let first_on_connection = |r: &Record| r.call.upstream_connection_requests() == Some(1);
+        let new_connection = first_on_connection(record)
+            && before.iter().filter(|r| first_on_connection(r)).count() < CAP;
+        let interesting = self.shown < HEAD
+            || (self.shown < CAP && (new_connection || record.call.outcome.is_err()));
+        let line = record.text_line();
+        if self.all || interesting {
+            self.flush_hidden();
+            println!("{line}");
+            self.shown += 1;
+            self.last = None;
+        } else {
+            self.hidden += 1;
+            self.last = Some(line);
+        }
+    }
+
+    fn flush_hidden(&mut self) {
+        match (self.hidden, self.last.take()) {
+            (0, _) | (_, None) => {}
+            (1, Some(last)) => println!("{last}"),
+            (n, Some(last)) => {
+                println!(
+                    "   ⋮ ({} lines not shown; --all-lines shows every line)",
+                    n - 1
+                );
+                println!("{last}");
+            }
+        }
+        self.hidden = 0;
+    }
+
+    /// Print the last hidden line (and how many were hidden before it).
+    pub fn finish(&mut self) {
+        self.flush_hidden();
+    }
+}
+
 /// The table printed under each scenario.
 pub fn table(s: &Summary) -> String {
     let connections_per_pod = s.connections_per_pod();

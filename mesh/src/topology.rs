@@ -113,6 +113,8 @@ pub struct Layout {
     pub l4_service: bool,
     /// Sidecars on both sides, with these policies.
     pub sidecars: Option<SidecarPolicies>,
+    /// Extra flags for every server pod (after its addresses).
+    pub server_args: Vec<String>,
 }
 
 /// Every sidecar's bootstrap for one mesh: what `Mesh::start` runs and
@@ -254,6 +256,7 @@ impl Mesh {
                 .arg(addrs.app_grpc(i).to_string())
                 .arg("--http-addr")
                 .arg(addrs.app_http(i).to_string())
+                .args(&layout.server_args)
                 .env("POD_NAME", &pod);
             let log = mesh.dir.join(format!("{pod}.server.log"));
             mesh.procs.push(ChildGuard::spawn_logged(

@@ -308,6 +308,7 @@ fn a_refused_plugin_config_is_a_clear_error_with_the_fix() {
             outbound: ClusterPolicy::default(),
             inbound: ClusterPolicy::default(),
         }),
+        server_args: Vec::new(),
     };
     let err = Mesh::start(&artifacts, addrs, &layout, &plugin, "refused", 1)
         .err()

@@ -8,7 +8,7 @@ use mesh::{
 };
 use sidecar::manifests;
 
-fn run(name: &str, subnet: u8) {
+fn scenario_passes(name: &str, subnet: u8) {
     let istio_dir = manifests::istio_dir(None);
     let plugin = scenario::preflight(&istio_dir).expect("our manifests load");
     let artifacts =
@@ -22,8 +22,8 @@ fn run(name: &str, subnet: u8) {
         seed: 7,
     };
     let s = scenario::find(name).expect("known scenario");
-    let outcome =
-        scenario::run(s, &options, &artifacts, &istio_dir, &plugin).expect("scenario runs");
+    let outcome = scenario::run_scenario(s, &options, &artifacts, &istio_dir, &plugin)
+        .expect("scenario runs");
     assert!(
         outcome.passed,
         "{name}: {:?}\nsummary: {:?}\nlogs: {}",
@@ -31,37 +31,36 @@ fn run(name: &str, subnet: u8) {
     );
 }
 
-#[test]
-fn http_client_via_l4_service_spreads_over_all_pods() {
-    run("http-l4", 101);
+/// One test per scenario (name, its loopback subnet), and a check that the
+/// catalog has no scenario without one.
+macro_rules! scenario_tests {
+    ($($test:ident: $name:literal, $subnet:literal;)+) => {
+        $(
+            #[test]
+            fn $test() {
+                scenario_passes($name, $subnet);
+            }
+        )+
+
+        #[test]
+        fn every_scenario_in_the_catalog_has_a_test() {
+            let tested = [$($name),+];
+            let untested: Vec<_> = scenario::SCENARIOS
+                .iter()
+                .map(|s| s.name)
+                .filter(|name| !tested.contains(name))
+                .collect();
+            assert!(untested.is_empty(), "scenarios without a test: {untested:?}");
+        }
+    };
 }
 
-#[test]
-fn grpc_client_via_l4_service_is_pinned_to_one_pod() {
-    run("grpc-l4", 102);
-}
-
-#[test]
-fn grpc_client_via_sidecar_spreads_with_one_connection_per_pod() {
-    run("grpc-mesh", 103);
-}
-
-#[test]
-fn one_request_per_connection_gives_fresh_connections() {
-    run("one-per-conn", 104);
-}
-
-#[test]
-fn reuse_rule_rolls_connections_over_at_the_limit() {
-    run("reuse", 105);
-}
-
-#[test]
-fn tight_pool_overflows_with_unavailable_and_keeps_going() {
-    run("tight", 106);
-}
-
-#[test]
-fn client_side_round_robin_opens_one_connection_per_pod() {
-    run("client-rr", 107);
+scenario_tests! {
+    http_client_via_l4_service_spreads_over_all_pods: "http-l4", 101;
+    grpc_client_via_l4_service_is_pinned_to_one_pod: "grpc-l4", 102;
+    grpc_client_via_sidecar_spreads_with_one_connection_per_pod: "grpc-mesh", 103;
+    one_request_per_connection_gives_fresh_connections: "one-per-conn", 104;
+    reuse_rule_rolls_connections_over_at_the_limit: "reuse", 105;
+    tight_pool_overflows_with_unavailable_and_keeps_going: "tight", 106;
+    client_side_round_robin_opens_one_connection_per_pod: "client-rr", 107;
 }

@@ -1,0 +1,192 @@
+//! The scenarios `mesh list` shows and `mesh demo` runs, in order.
+
+use super::{
+    Binary::{ClientGrpc, ClientHttp},
+    Calls, Client,
+    ClientPath::{L4Service, PodAddresses, Sidecar},
+    Pods, Scenario, check,
+};
+
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        number: 1,
+        name: "http-l4",
+        title: "HTTP client (no keep-alive) via the L4 Service (kube-proxy)",
+        path: L4Service,
+        pods: Pods::Flag,
+        destination_rule: None,
+        server_args: &[],
+        client: Client {
+            binary: ClientHttp,
+            args: &["--url", "http://{target}/pod"],
+            // kube-proxy picks at random: enough calls that reaching a
+            // single pod would be a bug, not bad luck (3 pods: 3^-29).
+            calls: Calls::AtLeast(30),
+            interval: "0",
+        },
+        expected: "a new connection per call, each sent to a pod kube-proxy picks at random, so calls spread over the pods (not evenly)",
+        check: check::spread_over_fresh_connections,
+    },
+    Scenario {
+        number: 2,
+        name: "grpc-l4",
+        title: "gRPC client via the L4 Service (kube-proxy)",
+        path: L4Service,
+        pods: Pods::Flag,
+        destination_rule: None,
+        server_args: &[],
+        client: Client {
+            binary: ClientGrpc,
+            args: &["--host", "{target}"],
+            calls: Calls::Flag,
+            interval: "0",
+        },
+        expected: "one HTTP/2 connection, balanced once: every call lands on the same pod (the problem)",
+        check: check::pinned_to_one_pod,
+    },
+    Scenario {
+        number: 3,
+        name: "grpc-mesh",
+        title: "gRPC client via its sidecar (Istio defaults, no DestinationRule)",
+        path: Sidecar,
+        pods: Pods::Flag,
+        destination_rule: None,
+        server_args: &[],
+        client: Client {
+            binary: ClientGrpc,
+            args: &["--host", "{target}"],
+            // Istio's default LEAST_REQUEST picks at random among idle pods:
+            // with too few calls a pod could be missed by chance.
+            calls: Calls::AtLeast(30),
+            interval: "0",
+        },
+        expected: "the sidecar balances each request: calls spread over every pod, on one long-lived connection per pod whose request count grows",
+        check: check::one_growing_connection_per_pod,
+    },
+    Scenario {
+        number: 4,
+        name: "one-per-conn",
+        title: "DestinationRule one-per-conn (maxRequestsPerConnection: 1)",
+        path: Sidecar,
+        pods: Pods::Flag,
+        destination_rule: Some("one-per-conn"),
+        server_args: &[],
+        client: Client {
+            binary: ClientGrpc,
+            args: &["--host", "{target}"],
+            calls: Calls::Flag,
+            interval: "0",
+        },
+        expected: "every response says request 1, each on a fresh connection id",
+        check: check::every_answer_is_request_one,
+    },
+    Scenario {
+        number: 5,
+        name: "reuse",
+        title: "DestinationRule reuse (ROUND_ROBIN, maxRequestsPerConnection: 100)",
+        path: Sidecar,
+        pods: Pods::Flag,
+        destination_rule: Some("reuse"),
+        server_args: &[],
+        client: Client {
+            binary: ClientGrpc,
+            args: &["--host", "{target}"],
+            calls: Calls::PastConnectionLimit,
+            interval: "0",
+        },
+        expected: "pods rotate call by call; each connection's count climbs to 100, then a new connection starts again at 1",
+        check: check::connections_roll_over_at_the_limit,
+    },
+    Scenario {
+        number: 6,
+        name: "tight",
+        title: "DestinationRule tight (1 connection, 1 pending, 1 request) with 4 concurrent callers",
+        path: Sidecar,
+        pods: Pods::Flag,
+        destination_rule: Some("tight"),
+        server_args: &[],
+        client: Client {
+            binary: ClientGrpc,
+            args: &[
+                "--host",
+                "{target}",
+                "--concurrency",
+                "4",
+                "--delay",
+                "100ms",
+            ],
+            calls: Calls::AtLeast(24),
+            interval: "100ms",
+        },
+        expected: "calls beyond the one allowed in flight fail fast with UNAVAILABLE (overflow); the client reports them and keeps going",
+        check: check::failures_are_overflow,
+    },
+    Scenario {
+        number: 7,
+        name: "client-rr",
+        title: "client-side round robin over the pod addresses (headless Service), no sidecar",
+        path: PodAddresses,
+        pods: Pods::Flag,
+        destination_rule: None,
+        server_args: &[],
+        client: Client {
+            binary: ClientGrpc,
+            args: &["--mode", "round-robin", "--host", "{target}"],
+            calls: Calls::Flag,
+            interval: "0",
+        },
+        expected: "the client opens one connection per pod and rotates calls over them",
+        check: check::one_reused_connection_per_pod,
+    },
+];
+
+/// A scenario by name or number.
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    SCENARIOS
+        .iter()
+        .find(|s| s.name == name || s.number.to_string() == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use sidecar::manifests;
+
+    use super::*;
+    use crate::scenario::ClientPath;
+
+    #[test]
+    fn scenarios_are_numbered_in_order_with_distinct_names() {
+        for (s, number) in SCENARIOS.iter().zip(1..) {
+            assert_eq!(s.number, number, "{}", s.name);
+            assert_eq!(find(s.name).map(|f| f.number), Some(number));
+            assert_eq!(find(&number.to_string()).map(|f| f.name), Some(s.name));
+        }
+        let names: BTreeSet<_> = SCENARIOS.iter().map(|s| s.name).collect();
+        assert_eq!(names.len(), SCENARIOS.len());
+        assert!(find("nope").is_none());
+    }
+
+    #[test]
+    fn destination_rules_are_ours_and_only_where_a_sidecar_applies_them() {
+        let ours = manifests::experiments(&manifests::istio_dir(None));
+        for s in SCENARIOS {
+            if let Some(rule) = s.destination_rule {
+                assert_eq!(s.path, ClientPath::Sidecar, "{}", s.name);
+                assert!(ours.iter().any(|o| o == rule), "{}: {rule}", s.name);
+            }
+        }
+    }
+
+    #[test]
+    fn every_client_says_where_it_dials() {
+        for s in SCENARIOS {
+            assert!(
+                s.client.args.iter().any(|a| a.contains("{target}")),
+                "{}",
+                s.name
+            );
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! The one engine: resolve a scenario into a [`Plan`] (topology and client
+//! command line), start that topology, run the client, read its records,
+//! print what a user reads, and judge them with the scenario's check.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus},
+    sync::mpsc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use harness::process::ChildGuard;
+use serde::Serialize;
+use sidecar::{
+    destination_rule::ClusterPolicy,
+    manifests,
+    wasm_plugin::{Side, WasmPluginSpec},
+};
+use wire::{Record, Summary};
+
+use super::{Calls, ClientPath, Pods, Scenario, check::Evidence};
+use crate::{
+    report::{self, ClientOutput, LinePrinter},
+    topology::{Addresses, Artifacts, GRPC_PORT, Layout, Mesh},
+};
+
+/// Knobs shared by every scenario.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub calls: u64,
+    pub pods: usize,
+    pub subnet: u8,
+    /// Print every client line instead of a trimmed view.
+    pub all_lines: bool,
+    /// Print nothing but the final JSON.
+    pub quiet: bool,
+    /// Pod names derive from it (`topology::name_seed()`).
+    pub seed: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    pub scenario: &'static str,
+    pub number: u8,
+    pub title: &'static str,
+    pub command: String,
+    pub expected: &'static str,
+    pub passed: bool,
+    /// Why it failed (empty when it passed).
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+    /// The clients' own summary of `calls`.
+    #[serde(serialize_with = "report::serialize_summary")]
+    pub summary: Summary,
+    /// The client's records, in its `--json` form.
+    pub calls: Vec<Record>,
+    pub logs: String,
+}
+
+/// A scenario resolved against the options and our manifests: what will
+/// run, before anything starts.
+#[derive(Debug)]
+pub struct Plan {
+    pub addrs: Addresses,
+    pub layout: Layout,
+    /// The client sidecar's outbound policy, when a DestinationRule applies.
+    pub policy: Option<ClusterPolicy>,
+    pub warnings: Vec<String>,
+    pub binary: &'static str,
+    /// The client's arguments before `--count`.
+    pub args: Vec<String>,
+    pub calls: u64,
+    pub interval: &'static str,
+}
+
+impl Plan {
+    pub fn new(
+        scenario: &Scenario,
+        options: &Options,
+        istio_dir: &Path,
+        plugin: &WasmPluginSpec,
+    ) -> anyhow::Result<Self> {
+        let rule = scenario.destination_rule;
+        let (policies, notes) = manifests::experiment(istio_dir, rule.unwrap_or("none"))?;
+        let policy = rule.map(|_| policies.outbound.clone());
+        let mut warnings = plugin.warnings.clone();
+        if scenario.path == ClientPath::Sidecar {
+            warnings.extend(notes);
+        }
+        let addrs = Addresses {
+            subnet: options.subnet,
+            pods: match scenario.pods {
+                Pods::Flag => options.pods,
+                Pods::Exactly(n) => n,
+            },
+        };
+        let client = &scenario.client;
+        let calls = match client.calls {
+            Calls::Flag => options.calls,
+            Calls::AtLeast(n) => options.calls.max(n),
+            Calls::PastConnectionLimit => {
+                let limit = policy
+                    .as_ref()
+                    .and_then(|p| p.max_requests_per_connection)
+                    .with_context(|| {
+                        format!(
+                            "the {} DestinationRule sets no maxRequestsPerConnection",
+                            rule.unwrap_or("scenario's")
+                        )
+                    })?;
+                let pods = addrs.pods as u64;
+                options.calls.max(u64::from(limit) * pods + pods * 2)
+            }
+        };
+        let target = scenario.path.target(&addrs, client.binary)?;
+        Ok(Self {
+            addrs,
+            layout: scenario.path.layout(
+                policies,
+                scenario.server_args.iter().map(|a| a.to_string()).collect(),
+            ),
+            policy,
+            warnings,
+            binary: client.binary.name(),
+            args: client
+                .args
+                .iter()
+                .map(|a| a.replace("{target}", &target))
+                .collect(),
+            calls,
+            interval: client.interval,
+        })
+    }
+
+    /// The client's command line as the user would type it.
+    pub fn shown_command(&self) -> String {
+        format!(
+            "{} {} --count {} --interval {}",
+            self.binary,
+            self.args.join(" "),
+            self.calls,
+            self.interval
+        )
+    }
+
+    /// The client's command: records as JSON, read back as data (the `#N:`
+    /// lines shown are the client's own, printed from those records by its
+    /// formatter); one summary line, at the end, whatever
+    /// CLIENT_SUMMARY_EVERY says.
+    fn client_command(&self, artifacts: &Artifacts) -> Command {
+        let mut command = Command::new(artifacts.bin(self.binary));
+        command.args(&self.args).args([
+            "--count",
+            &self.calls.to_string(),
+            "--interval",
+            self.interval,
+            "--timeout",
+            "3s",
+            "--json",
+            "--summary-every",
+            "0",
+        ]);
+        command
+    }
+}
+
+/// Run `scenario` from start to verdict; every process it started is
+/// stopped when this returns.
+pub fn run_scenario(
+    scenario: &Scenario,
+    options: &Options,
+    artifacts: &Artifacts,
+    istio_dir: &Path,
+    plugin: &WasmPluginSpec,
+) -> anyhow::Result<Outcome> {
+    let plan = Plan::new(scenario, options, istio_dir, plugin)?;
+    let mesh = Mesh::start(
+        artifacts,
+        plan.addrs,
+        &plan.layout,
+        plugin,
+        scenario.name,
+        options.seed,
+    )?;
+    let shown_command = plan.shown_command();
+    if !options.quiet {
+        for w in &plan.warnings {
+            eprintln!("warning: {w}");
+        }
+        println!(
+            "\n== {}. {} ({})\n   $ {shown_command}",
+            scenario.number, scenario.title, scenario.name
+        );
+    }
+
+    let client = run_client(&plan, &mesh, artifacts, options)?;
+    let ClientOutput {
+        records,
+        summary,
+        summarised,
+    } = client.output;
+    let mut problems = (scenario.check)(&Evidence {
+        summary: &summary,
+        calls: &records,
+        pods: plan.addrs.pods,
+        policy: plan.policy.as_ref(),
+    });
+    if records.len() as u64 != plan.calls || !summarised {
+        problems.push(format!(
+            "the client printed {} call records{}, expected {} and its summary (exit {}; stderr in {})",
+            records.len(),
+            if summarised { "" } else { " and no summary" },
+            plan.calls,
+            client.status,
+            client.log.display()
+        ));
+    }
+    let envoy_errors = mesh.envoy_errors();
+    if !envoy_errors.is_empty() {
+        problems.push(format!("Envoy logged errors:\n{}", envoy_errors.join("\n")));
+    }
+    let passed = problems.is_empty();
+    if !options.quiet {
+        print!("{}", report::table(&summary));
+        println!("   expected: {}", scenario.expected);
+        if passed {
+            println!("   [PASS]");
+        } else {
+            println!("   [FAIL] {}", problems.join("; "));
+            println!("   logs and rendered Envoy configs: {}", mesh.dir.display());
+        }
+    }
+    Ok(Outcome {
+        scenario: scenario.name,
+        number: scenario.number,
+        title: scenario.title,
+        command: shown_command,
+        expected: scenario.expected,
+        passed,
+        problems,
+        warnings: plan.warnings,
+        summary,
+        calls: records,
+        logs: mesh.dir.display().to_string(),
+    })
+}
+
+/// What the client printed, how it exited, and where its stderr is.
+struct ClientRun {
+    output: ClientOutput,
+    status: ExitStatus,
+    log: PathBuf,
+}
+
+/// Run the plan's client against `mesh`, reading its records as they come
+/// and showing them (trimmed) unless quiet.
+fn run_client(
+    plan: &Plan,
+    mesh: &Mesh,
+    artifacts: &Artifacts,
+    options: &Options,
+) -> anyhow::Result<ClientRun> {
+    let binary = plan.binary;
+    let log = mesh.dir.join(format!("{binary}.stderr.log"));
+    let mut command = plan.client_command(artifacts);
+    let mut client = ChildGuard::spawn_piped(binary, &mut command, &log)?;
+    let stdout = client.take_stdout().context("client stdout")?;
+    let watchdog = watchdog(client.pid(), Duration::from_secs(30 + plan.calls / 10));
+    let mut output = ClientOutput::default();
+    let mut printer = LinePrinter::new(options.all_lines || options.quiet);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading the client's output")?;
+        let is_record = output
+            .push_line(&line)
+            .with_context(|| format!("{binary}'s output (stderr in {})", log.display()))?;
+        if is_record
+            && !options.quiet
+            && let Some((record, before)) = output.records.split_last()
+        {
+            printer.offer(record, before);
+        }
+    }
+    drop(watchdog);
+    let status = client.wait_for_exit(Duration::from_secs(5))?;
+    if !options.quiet {
+        printer.finish();
+    }
+    Ok(ClientRun {
+        output,
+        status,
+        log,
+    })
+}
+
+/// Kills `pid` unless dropped before `after`: no scenario can hang the demo.
+fn watchdog(pid: u32, after: Duration) -> mpsc::Sender<()> {
+    let (tx, rx) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(after) {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    });
+    tx
+}
+
+/// Fail fast, before starting anything, when the inputs are broken.
+pub fn preflight(istio_dir: &Path) -> anyhow::Result<WasmPluginSpec> {
+    let plugin = manifests::wasm_plugin(istio_dir)?;
+    for name in manifests::EXPERIMENTS {
+        manifests::destination_rule(istio_dir, name)?;
+    }
+    manifests::inbound_policy(istio_dir)?;
+    if !plugin.applies(Side::Server, GRPC_PORT) {
+        bail!(
+            "the WasmPlugin does not select the server sidecars' inbound port {GRPC_PORT} \
+             (spec.match: mode SERVER or CLIENT_AND_SERVER, and ports empty or listing {GRPC_PORT}): \
+             the scenarios read the tags it adds there"
+        );
+    }
+    Ok(plugin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::SCENARIOS;
+
+    fn options() -> Options {
+        Options {
+            calls: 12,
+            pods: 3,
+            subnet: 10,
+            all_lines: false,
+            quiet: true,
+            seed: 7,
+        }
+    }
+
+    /// The command lines `make demo` prints with the default flags.
+    #[test]
+    fn plans_give_each_client_its_command_line() {
+        let istio_dir = manifests::istio_dir(None);
+        let plugin = preflight(&istio_dir).unwrap();
+        let expected = [
+            "client-http --url http://127.10.2.1:80/pod --count 30 --interval 0",
+            "client-grpc --host 127.10.2.1:30051 --count 12 --interval 0",
+            "client-grpc --host 127.10.3.1:30051 --count 30 --interval 0",
+            "client-grpc --host 127.10.3.1:30051 --count 12 --interval 0",
+            "client-grpc --host 127.10.3.1:30051 --count 306 --interval 0",
+            "client-grpc --host 127.10.3.1:30051 --concurrency 4 --delay 100ms --count 24 --interval 100ms",
+            "client-grpc --mode round-robin --host 127.10.1.1:30051,127.10.1.2:30051,127.10.1.3:30051 --count 12 --interval 0",
+        ];
+        assert_eq!(SCENARIOS.len(), expected.len());
+        for (s, command) in SCENARIOS.iter().zip(expected) {
+            let plan = Plan::new(s, &options(), &istio_dir, &plugin).unwrap();
+            assert_eq!(plan.shown_command(), command, "{}", s.name);
+        }
+    }
+
+    #[test]
+    fn plans_start_what_the_client_path_needs() {
+        let istio_dir = manifests::istio_dir(None);
+        let plugin = preflight(&istio_dir).unwrap();
+        for s in SCENARIOS {
+            let plan = Plan::new(s, &options(), &istio_dir, &plugin).unwrap();
+            let layout = &plan.layout;
+            let what = (layout.l4_service, layout.sidecars.is_some());
+            match s.path {
+                ClientPath::L4Service => assert_eq!(what, (true, false), "{}", s.name),
+                ClientPath::Sidecar => assert_eq!(what, (false, true), "{}", s.name),
+                ClientPath::PodAddresses => assert_eq!(what, (false, false), "{}", s.name),
+            }
+            // The checks read the DestinationRule's policy only where one applies.
+            assert_eq!(
+                plan.policy.is_some(),
+                s.destination_rule.is_some(),
+                "{}",
+                s.name
+            );
+        }
+    }
+}

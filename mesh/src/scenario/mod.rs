@@ -1,0 +1,160 @@
+//! The experiments: what runs, what the client prints, what a user should
+//! conclude — checked, not just shown.
+//!
+//! A scenario is one value ([`Scenario`]); the table of them is
+//! [`catalog::SCENARIOS`], one engine runs any of them
+//! ([`engine::run_scenario`]: start the topology it asks for, run its client,
+//! read the records, print, check), and each expectation is a small named
+//! function in [`check`]. Adding a scenario is a row in the catalog and, when
+//! no existing check says what it expects, a function in `check`.
+
+pub mod catalog;
+pub mod check;
+pub mod engine;
+
+use anyhow::bail;
+use sidecar::SidecarPolicies;
+
+pub use catalog::{SCENARIOS, find};
+pub use engine::{Options, Outcome, Plan, preflight, run_scenario};
+
+use crate::topology::{Addresses, Layout};
+
+/// One experiment, as data: everything the engine needs to run it and to
+/// judge what the client saw.
+#[derive(Debug)]
+pub struct Scenario {
+    /// Its place in `mesh list` and the demo; `mesh run N` finds it.
+    pub number: u8,
+    /// `mesh run NAME`; its logs go to `target/mesh/NAME/`.
+    pub name: &'static str,
+    pub title: &'static str,
+    /// How the client reaches the server pods; decides what else runs.
+    pub path: ClientPath,
+    pub pods: Pods,
+    /// The DestinationRule the client sidecar applies: a file name (without
+    /// `.yaml`) in `<istio-dir>/destinationrules/`; `None`: Istio's defaults.
+    /// Only a [`ClientPath::Sidecar`] has a sidecar to apply it.
+    pub destination_rule: Option<&'static str>,
+    /// Extra flags for every server pod (after its addresses).
+    pub server_args: &'static [&'static str],
+    pub client: Client,
+    /// What a user should see; printed under the results, and what `check`
+    /// verifies.
+    pub expected: &'static str,
+    pub check: check::Check,
+}
+
+/// How the client app reaches the server pods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientPath {
+    /// The Service's address: the L4 stand-in (kube-proxy) picks a pod for
+    /// each new connection.
+    L4Service,
+    /// The client pod's sidecar (outbound cluster from the DestinationRule)
+    /// to the server pods' sidecars (the filter on their inbound side).
+    Sidecar,
+    /// The pods' own addresses (a headless Service's records): no proxy.
+    PodAddresses,
+}
+
+impl ClientPath {
+    /// What runs besides the server pods' apps.
+    pub fn layout(self, policies: SidecarPolicies, server_args: Vec<String>) -> Layout {
+        Layout {
+            l4_service: self == Self::L4Service,
+            sidecars: (self == Self::Sidecar).then_some(policies),
+            server_args,
+        }
+    }
+
+    /// What `binary` dials on this path (`{target}` in its arguments).
+    pub fn target(self, addrs: &Addresses, binary: Binary) -> anyhow::Result<String> {
+        Ok(match (self, binary) {
+            (Self::L4Service, Binary::ClientGrpc) => addrs.service_grpc().to_string(),
+            (Self::L4Service, Binary::ClientHttp) => addrs.service_http().to_string(),
+            (Self::Sidecar, Binary::ClientGrpc) => addrs.client_sidecar().to_string(),
+            (Self::PodAddresses, Binary::ClientGrpc) => (0..addrs.pods)
+                .map(|i| addrs.app_grpc(i).to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            (Self::Sidecar | Self::PodAddresses, Binary::ClientHttp) => bail!(
+                "{} via {self:?}: the local mesh has no such route (the client sidecar \
+                 listens for gRPC only; client-http takes one URL)",
+                binary.name()
+            ),
+        })
+    }
+}
+
+/// How many server pods a scenario starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pods {
+    /// `--pods` (default 3).
+    Flag,
+    /// Exactly this many, whatever `--pods` says.
+    Exactly(usize),
+}
+
+/// The client app: one of our client binaries and how it is called.
+#[derive(Debug)]
+pub struct Client {
+    pub binary: Binary,
+    /// Its arguments before `--count`; `{target}` stands for what the
+    /// scenario's [`ClientPath::target`] gives.
+    pub args: &'static [&'static str],
+    pub calls: Calls,
+    /// `--interval` between calls.
+    pub interval: &'static str,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binary {
+    ClientGrpc,
+    ClientHttp,
+}
+
+impl Binary {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ClientGrpc => "client-grpc",
+            Self::ClientHttp => "client-http",
+        }
+    }
+}
+
+/// How many calls the client makes (`--count`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Calls {
+    /// `--calls` (default 12).
+    Flag,
+    /// `--calls`, but at least this many.
+    AtLeast(u64),
+    /// `--calls`, but enough for every pod's connection to reach the
+    /// DestinationRule's `maxRequestsPerConnection` and roll over.
+    PastConnectionLimit,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_path_the_mesh_lacks_is_refused_by_name() {
+        let addrs = Addresses {
+            subnet: 10,
+            pods: 2,
+        };
+        assert_eq!(
+            ClientPath::PodAddresses
+                .target(&addrs, Binary::ClientGrpc)
+                .unwrap(),
+            "127.10.1.1:30051,127.10.1.2:30051"
+        );
+        let error = ClientPath::Sidecar
+            .target(&addrs, Binary::ClientHttp)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("client-http via Sidecar"), "{error}");
+    }
+}
