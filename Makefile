@@ -157,17 +157,17 @@ wasm-opt-tool: ## wasm-opt (Debian binaryen), installed when missing
 # Without wasm-opt (not root, no binaryen) the module is still built, only
 # larger: the build says so and how to get the smaller one.
 wasm: rust-targets ## build the upstream-tagger filter into dist/upstream_tagger.wasm
-	$(CARGO) build -p upstream-tagger --target $(WASM_TARGET) --profile wasm
+	$(CARGO) build -p filter --target $(WASM_TARGET) --profile wasm
 	@mkdir -p $(dir $(WASM))
 	@$(call wasm-exports,$(WASM_OUT),$(WASM_TRIMMED))
 	@$(call wasm-opt,$(WASM_TRIMMED),$(WASM))
 	@echo "$(WASM): $$(wc -c < $(WASM)) bytes"
 
 test-filter: wasm venv ## filter unit tests + the filter inside real Envoy (Istio-shaped config)
-	$(CARGO) test -p upstream-tagger -p harness -p sidecar
+	$(CARGO) test -p filter -p harness -p sidecar
 
 envoy-validate: wasm venv ## `envoy --mode validate` on the Istio-shaped sidecar config the tests use
-	$(CARGO) test -p upstream-tagger --test in_envoy -- rendered_sidecar_config_is_valid --exact
+	$(CARGO) test -p filter --test in_envoy -- rendered_sidecar_config_is_valid --exact
 
 # ---- cluster: manifests, images, kubectl/istioctl --------------------------
 

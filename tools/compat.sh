@@ -50,8 +50,8 @@ for pair in $versions; do
 		continue
 		;;
 	esac
-	echo "+ ENVOY=$envoy $CARGO test -p upstream-tagger --test in_envoy"
-	if ENVOY="$PWD/$envoy" "$CARGO" test -q -p upstream-tagger --test in_envoy >"$log" 2>&1; then
+	echo "+ ENVOY=$envoy $CARGO test -p filter --test in_envoy"
+	if ENVOY="$PWD/$envoy" "$CARGO" test -q -p filter --test in_envoy >"$log" 2>&1; then
 		passed=$(sed -n 's/^test result: ok\. \([0-9]*\) passed.*/\1/p' "$log" | tail -1)
 		rows+=("$envoy_version|$istio_line|pass (${passed:-?} tests)")
 	else

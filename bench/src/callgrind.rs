@@ -29,7 +29,7 @@ use upstream_tagger::headers::UPSTREAM_POD;
 
 use crate::{
     configs::{self, Inputs, Variant},
-    envoy, grpc, h2c, h2load, run,
+    echo_server, envoy, grpc, h2c, h2load, tools,
 };
 
 #[derive(Clone, Debug)]
@@ -184,7 +184,7 @@ impl Driver<'_> {
             request_log: None,
             output: &output,
         }
-        .run()?;
+        .measure()?;
         ensure!(
             summary.succeeded == count,
             "{name}: {} of {count} requests succeeded",
@@ -320,8 +320,9 @@ impl Driver<'_> {
     }
 }
 
-/// Run every selected configuration, one at a time.
-pub fn run(opts: &Options) -> anyhow::Result<Vec<Row>> {
+/// Count instructions per request under callgrind for every selected
+/// configuration, one at a time.
+pub fn count_instructions(opts: &Options) -> anyhow::Result<Vec<Row>> {
     ensure!(
         opts.requests > opts.small,
         "--requests must be larger than --small"
@@ -336,7 +337,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<Row>> {
     let empty_wasm = opts
         .empty_wasm
         .clone()
-        .unwrap_or_else(run::default_empty_wasm);
+        .unwrap_or_else(tools::default_empty_wasm);
     ensure!(
         empty_wasm.exists(),
         "the empty-filter module {} is missing: run `make bench-deps`",
@@ -426,7 +427,13 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<Row>> {
             "{} is missing: run `cargo build --release -p server`",
             server.display()
         );
-        Some(run::echo_server(&server, None, &dir, &pod, "echo-server")?)
+        Some(echo_server::start(
+            &server,
+            None,
+            &dir,
+            &pod,
+            "echo-server",
+        )?)
     } else {
         None
     };

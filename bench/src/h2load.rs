@@ -60,17 +60,17 @@ pub struct Summary {
 
 impl Load<'_> {
     /// A measured run: every request must succeed, and at least one must.
-    pub fn run(&self) -> anyhow::Result<Summary> {
-        self.run_checked(false)
+    pub fn measure(&self) -> anyhow::Result<Summary> {
+        self.run_h2load(false)
     }
 
     /// A warm-up: a short one on a busy core may finish no request at all,
     /// which is no error; a failed or errored request still is.
     pub fn warm_up(&self) -> anyhow::Result<Summary> {
-        self.run_checked(true)
+        self.run_h2load(true)
     }
 
-    fn run_checked(&self, none_done_is_ok: bool) -> anyhow::Result<Summary> {
+    fn run_h2load(&self, none_done_is_ok: bool) -> anyhow::Result<Summary> {
         let mut command = pinned(self.h2load, self.cpu);
         command
             .args(["-t", "1"])

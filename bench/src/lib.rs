@@ -7,15 +7,20 @@
 //! Everything runs for real on 127.0.0.1: Envoy from `.venv`, h2load as the
 //! load generator, each pinned to its own core when the machine has two.
 
+pub mod benchmark;
 pub mod callgrind;
 pub mod configs;
+pub mod echo_server;
 pub mod envoy;
+pub mod goals;
 pub mod grpc;
 pub mod h2c;
 pub mod h2load;
+mod machine;
+mod phase;
 pub mod procfs;
 pub mod report;
-pub mod run;
+pub mod tools;
 
 /// tonic's hello-world service (`proto/helloworld.proto`), for the stock
 /// server the echo server is compared with.

@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use bench::run::{self, Options};
+use bench::benchmark::{self, Options};
 use clap::Parser;
 
 fn duration(text: &str) -> Result<Duration, humantime::DurationError> {
@@ -47,7 +47,7 @@ struct Args {
     #[arg(long, default_value_t = 16)]
     churn_parallel: u64,
     /// Where the report (report.md/report.json, quick.md/quick.json with --quick) and run logs go.
-    #[arg(long, default_value_os_t = run::default_out_dir())]
+    #[arg(long, default_value_os_t = benchmark::default_out_dir())]
     out: PathBuf,
     /// Envoy binary [default: $ENVOY, else .venv/bin/envoy].
     #[arg(long)]
@@ -103,7 +103,7 @@ fn main() -> ExitCode {
         empty_wasm: args.empty_wasm,
         istio_dir: args.istio_dir,
     };
-    let report = match run::run(&opts) {
+    let report = match benchmark::run_phases(&opts) {
         Ok(report) => report,
         Err(e) => {
             eprintln!("bench: error: {e:#}");

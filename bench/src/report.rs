@@ -395,6 +395,120 @@ impl Report {
     }
 }
 
+/// A made-up report for the tests of what reads one (goals, markdown).
+#[cfg(test)]
+pub(crate) mod sample {
+    use super::*;
+
+    fn row(
+        key: &str,
+        rps: f64,
+        ratio: f64,
+        added_cpu: f64,
+        added_p50: f64,
+        added_p99: f64,
+        module: Option<u64>,
+    ) -> ProxyRow {
+        ProxyRow {
+            key: key.into(),
+            label: key.into(),
+            baseline: "no-filter".into(),
+            req_per_sec: vec![rps],
+            req_per_sec_median: rps,
+            ratio_vs_no_filter: ratio,
+            cpu_us_per_request: vec![10.0 + added_cpu],
+            cpu_us_per_request_median: 10.0 + added_cpu,
+            added_cpu_us: added_cpu,
+            p50_us: vec![100],
+            p99_us: vec![200],
+            p50_us_pooled: 100.0 + added_p50,
+            p99_us_pooled: 200.0 + added_p99,
+            added_p50_us: added_p50,
+            added_p99_us: added_p99,
+            rss_bytes: 1,
+            module_bytes: module,
+        }
+    }
+
+    fn churn(key: &str, connections: u64, growth: i64, tracked: Option<i64>) -> ChurnRow {
+        ChurnRow {
+            key: key.into(),
+            label: key.into(),
+            connections,
+            tagged: 0,
+            rss_before_bytes: 0,
+            rss_after_bytes: 0,
+            rss_growth_bytes: growth,
+            tracked_max: tracked,
+            cap: tracked.map(|_| 10_000),
+            evicted: tracked.map(|_| 0),
+        }
+    }
+
+    pub fn report(quick: bool, tagger_rps: f64, module: u64, churn_connections: u64) -> Report {
+        Report {
+            machine: Machine {
+                cpu_model: "cpu".into(),
+                cpus: 2,
+                kernel: "k".into(),
+                envoy_version: "Envoy".into(),
+                h2load_version: "h2load".into(),
+                server_cpu: Some(0),
+                load_cpu: Some(1),
+                load_average_start: None,
+                load_average_end: None,
+                run_secs: 1.0,
+                other_cpu_secs: 0.0,
+                own_cpu_secs: 100.0,
+                steal_secs: 0.0,
+            },
+            settings: Settings {
+                quick,
+                rounds: 5,
+                warmup_ms: 1,
+                duration_ms: 1,
+                latency_duration_ms: 1,
+                clients: 8,
+                streams: 10,
+                churn_connections,
+                churn_parallel: 16,
+            },
+            proxy: vec![
+                row("no-filter", 100.0, 1.0, 0.0, 0.0, 0.0, None),
+                row(
+                    "upstream-tagger",
+                    tagger_rps,
+                    tagger_rps / 100.0,
+                    3.0,
+                    10.0,
+                    30.0,
+                    Some(module),
+                ),
+                row("lua", 50.0, 0.5, 12.0, 30.0, 40.0, None),
+            ],
+            servers: vec![ServerRow {
+                key: "echo-server".into(),
+                label: "echo".into(),
+                req_per_sec: vec![1.0],
+                req_per_sec_median: 1.0,
+                ratio_vs_hello: 0.95,
+                cpu_us_per_request_median: 1.0,
+                rss_bytes: 1,
+            }],
+            churn: vec![
+                churn("no-filter", churn_connections, 100_000, None),
+                churn(
+                    "upstream-tagger",
+                    churn_connections,
+                    1_100_000,
+                    Some(10_000),
+                ),
+            ],
+            goals: Vec::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,5 +537,23 @@ mod tests {
         assert_eq!(thousands(1000.0), "1,000");
         assert_eq!(thousands(100000.0), "100,000");
         assert_eq!(signed_mib(-1024 * 1024), "-1.00");
+    }
+
+    #[test]
+    fn other_work_that_does_not_add_up_is_not_shown_as_zero() {
+        let mut r = sample::report(false, 80.0, 100_000, 100_000);
+        // own_cpu_secs = 100: ±5 s is within the accounting error.
+        r.machine.other_cpu_secs = -8.0;
+        assert!(
+            r.markdown()
+                .contains("other work on the machine meanwhile: n/a")
+        );
+        r.machine.other_cpu_secs = -3.0;
+        assert!(
+            r.markdown()
+                .contains("meanwhile: none measurable (-3.0 CPU-s")
+        );
+        r.machine.other_cpu_secs = 9.0;
+        assert!(r.markdown().contains("≈ 9.0 CPU-s (900% of one core)"));
     }
 }

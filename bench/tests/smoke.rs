@@ -189,7 +189,7 @@ fn quick_run_reports_every_configuration() {
 /// looking fast: the empty module passed off as upstream-tagger.
 #[test]
 fn a_filter_that_does_not_tag_stops_the_run() {
-    let empty = bench::run::default_empty_wasm();
+    let empty = bench::tools::default_empty_wasm();
     assert!(
         empty.is_file(),
         "{} missing: run `make bench-deps`",

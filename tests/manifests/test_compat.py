@@ -51,7 +51,7 @@ def test_passing_and_v8less_builds(tmp_path):
     assert rows["9.1.0"] == "pass (15 tests)"
     assert rows["9.2.0"].startswith("skipped: no V8 runtime"), rows
     log = (tmp_path / "compat" / "envoy-9.1.0.log").read_text()
-    assert "envoy-9.1.0/bin/envoy" in log and "-p upstream-tagger --test in_envoy" in log
+    assert "envoy-9.1.0/bin/envoy" in log and "-p filter --test in_envoy" in log
 
 
 def test_a_failing_envoy_fails_the_run(tmp_path):

@@ -56,7 +56,7 @@ struct Args {
     #[arg(long)]
     istio_dir: Option<PathBuf>,
     /// Where the dumps, logs and callgrind.md/.json go (under callgrind/).
-    #[arg(long, default_value_os_t = bench::run::default_out_dir())]
+    #[arg(long, default_value_os_t = bench::benchmark::default_out_dir())]
     out: PathBuf,
 }
 
@@ -86,7 +86,7 @@ fn main() -> ExitCode {
         out_dir: args.out,
         istio_dir: args.istio_dir,
     };
-    let rows = match callgrind::run(&opts) {
+    let rows = match callgrind::count_instructions(&opts) {
         Ok(rows) => rows,
         Err(e) => {
             eprintln!("callgrind: error: {e:#}");
