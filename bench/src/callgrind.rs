@@ -24,12 +24,13 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail, ensure};
+use harness::http::h2c;
 use serde::Serialize;
 use upstream_tagger::headers::UPSTREAM_POD;
 
 use crate::{
     configs::{self, Inputs, Variant},
-    envoy, grpc, h2c, h2load, run,
+    envoy, grpc, h2load, run,
 };
 
 #[derive(Clone, Debug)]

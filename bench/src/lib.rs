@@ -11,7 +11,6 @@ pub mod callgrind;
 pub mod configs;
 pub mod envoy;
 pub mod grpc;
-pub mod h2c;
 pub mod h2load;
 pub mod procfs;
 pub mod report;

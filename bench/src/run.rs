@@ -10,6 +10,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail, ensure};
+use harness::http::h2c;
 use harness::process::ChildGuard;
 use harness::process::pinned;
 use upstream_tagger::{
@@ -20,7 +21,7 @@ use upstream_tagger::{
 use crate::{
     configs::{self, Inputs, Variant},
     envoy::{self, Envoy},
-    grpc, h2c, h2load, procfs,
+    grpc, h2load, procfs,
     report::{
         self, ChurnRow, Goal, Machine, ProxyRow, Report, ServerRow, Settings, Verdict, median,
         median_difference, median_ratio, verdict,
