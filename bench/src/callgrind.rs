@@ -24,12 +24,13 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail, ensure};
+use harness::http::h2c;
 use serde::Serialize;
 use upstream_tagger::headers::UPSTREAM_POD;
 
 use crate::{
     configs::{self, Inputs, Variant},
-    echo_server, envoy, grpc, h2c, h2load, tools,
+    echo_server, envoy, grpc, h2load, tools,
 };
 
 #[derive(Clone, Debug)]

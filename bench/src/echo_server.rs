@@ -10,7 +10,9 @@ use std::{
 use anyhow::ensure;
 use harness::process::{ChildGuard, pinned};
 
-use crate::{grpc, h2c};
+use harness::http::h2c;
+
+use crate::grpc;
 
 /// `N` distinct ports free right now on 127.0.0.1 (for servers that need
 /// theirs given): every listener is held until all are chosen, so two

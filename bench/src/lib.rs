@@ -14,7 +14,6 @@ pub mod echo_server;
 pub mod envoy;
 pub mod goals;
 pub mod grpc;
-pub mod h2c;
 pub mod h2load;
 mod machine;
 mod phase;

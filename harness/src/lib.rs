@@ -8,7 +8,9 @@
 //! - [`envoy`]: the one Envoy launcher (tests, mesh, bench): start Envoy on
 //!   a rendered config (pinned, concurrency, log levels), wait for `/ready`,
 //!   read `/stats`, `/stats/prometheus`, the log and its `[error]` lines.
-//! - [`http`]: a minimal HTTP/1.1 client (admin API, plain HTTP checks).
+//! - [`http`]: the one HTTP client of tests and tools, on hyper: HTTP/1.1
+//!   (admin API, plain HTTP checks), blocking or async, and [`http::h2c`]
+//!   (gRPC-shaped HTTP/2 calls, several on one connection, and churn).
 //!
 //! The Istio-shaped configs it runs come from the `sidecar` crate.
 //!

@@ -138,8 +138,10 @@ async fn health_reports_serving_then_not_serving_while_draining() {
     }
 
     // The HTTP side says so too, for kubelet's HTTP probes.
-    let healthz = http_get(server.http, "/healthz").await;
-    assert!(healthz.starts_with("HTTP/1.1 503"), "{healthz}");
+    let healthz = harness::http::get_async(server.http, "/healthz", Duration::from_secs(5))
+        .await
+        .expect("/healthz answers");
+    assert_eq!(healthz.status, 503, "{healthz:?}");
 
     // After the grace the listener closes while the call is still running:
     // new connections are refused during the drain, not only after it.
@@ -175,19 +177,6 @@ async fn health_reports_serving_then_not_serving_while_draining() {
         refused.is_err(),
         "new connections are refused after shutdown"
     );
-}
-
-/// One HTTP/1.1 GET on a fresh connection; the raw response text.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("http connect");
-    let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
 }
 
 #[tokio::test]

@@ -1,13 +1,23 @@
 //! DestinationRule `trafficPolicy` → the Envoy cluster fields istiod sets
 //! (`pilot/pkg/networking/core/cluster_traffic_policy.go`), with Istio's
-//! defaults where a field is unset or 0. A field this translation does not
-//! model is refused by name: never silently dropped.
+//! defaults where a field is unset or 0. The spec is read into typed structs
+//! that list what this translation models: any other field is refused by
+//! name ([`crate::resource`]), never silently dropped.
 
-use std::time::Duration;
+use std::{fmt, time::Duration};
 
+use serde::{
+    Deserialize, Deserializer,
+    de::{self, IgnoredAny, Unexpected, Visitor},
+};
 use serde_json::{Map, Value, json};
 
-use crate::duration;
+use crate::{
+    duration::IstioDuration,
+    resource::{self, FieldError, Problem},
+};
+
+pub use crate::resource::TranslateError;
 
 /// Istio's "unlimited" for circuit-breaker thresholds.
 pub const UNLIMITED: u32 = u32::MAX;
@@ -87,294 +97,246 @@ pub struct Translation {
     pub policy: ClusterPolicy,
 }
 
-/// A refused resource: kind, name, the field (as a path from the resource
-/// root) and why.
-#[derive(Debug, thiserror::Error)]
-#[error("{kind} {name}: {field}: {problem}")]
-pub struct TranslateError {
-    pub kind: &'static str,
-    pub name: String,
-    pub field: String,
-    pub problem: String,
+/// A DestinationRule's `spec`: the fields the local mesh translates. Any
+/// other key (`subsets`, `workloadSelector`, …) is refused by name.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "an object")]
+struct DestinationRuleSpec {
+    host: Option<String>,
+    /// Visibility only: nothing to translate on one machine.
+    #[serde(default, rename = "exportTo")]
+    _export_to: Option<IgnoredAny>,
+    traffic_policy: Option<TrafficPolicy>,
 }
 
-/// (field path, problem): what the readers below fail with.
-pub(crate) type FieldError = (String, String);
-
-/// Why a field istiod translates is not translated here, by key; the
-/// default reason covers every other key.
-fn not_translated(key: &str) -> &'static str {
-    match key {
-        "outlierDetection" => {
-            "not translated by the local mesh (istiod renders it as outlier_detection): refused rather than dropped"
-        }
-        "consistentHash" => {
-            "not translated by the local mesh (istiod renders RING_HASH/MAGLEV): refused rather than dropped"
-        }
-        "warmup" | "warmupDurationSecs" => {
-            "not translated by the local mesh (istiod renders slow_start_config): refused rather than dropped"
-        }
-        "retryBudget" => {
-            "not translated by the local mesh (istiod renders a retry budget): refused rather than dropped"
-        }
-        "useClientProtocol" => {
-            "not translated by the local mesh (istiod renders use_downstream_protocol_config): refused rather than dropped"
-        }
-        "subsets" => {
-            "not translated by the local mesh (istiod renders one cluster per subset): refused rather than dropped"
-        }
-        "tls" => {
-            "not translated: sidecars in the local mesh talk plaintext h2c (see docs/local-mesh.md): refused rather than dropped"
-        }
-        _ => "not translated by the local mesh: refused rather than dropped",
-    }
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "an object")]
+struct TrafficPolicy {
+    load_balancer: Option<LoadBalancer>,
+    connection_pool: Option<ConnectionPool>,
 }
 
-/// Reads one JSON object, remembering which keys were used so the rest can be
-/// refused by name.
-pub(crate) struct Fields<'a> {
-    path: String,
-    map: &'a Map<String, Value>,
-    used: Vec<&'static str>,
+/// `loadBalancer`: `simple` only (`consistentHash`, `warmup`, … refused).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object")]
+struct LoadBalancer {
+    simple: Option<SimpleLb>,
 }
 
-impl<'a> Fields<'a> {
-    pub(crate) fn new(path: impl Into<String>, value: &'a Value) -> Result<Self, FieldError> {
-        let path = path.into();
-        match value.as_object() {
-            Some(map) => Ok(Self {
-                path,
-                map,
-                used: Vec::new(),
-            }),
-            None => Err((path, "must be an object".into())),
+/// `loadBalancer.simple`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum SimpleLb {
+    Unspecified,
+    LeastConn,
+    Random,
+    Passthrough,
+    RoundRobin,
+    LeastRequest,
+}
+
+/// `connectionPool` (a DestinationRule's, or a Sidecar's
+/// `inboundConnectionPool`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object")]
+pub(crate) struct ConnectionPool {
+    tcp: Option<TcpSettings>,
+    http: Option<HttpSettings>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "an object")]
+struct TcpSettings {
+    max_connections: Option<Count>,
+    connect_timeout: Option<IstioDuration>,
+    tcp_keepalive: Option<TcpKeepaliveSettings>,
+    max_connection_duration: Option<IstioDuration>,
+    idle_timeout: Option<IstioDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object")]
+struct TcpKeepaliveSettings {
+    probes: Option<Count>,
+    time: Option<IstioDuration>,
+    interval: Option<IstioDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "an object")]
+struct HttpSettings {
+    http1_max_pending_requests: Option<Count>,
+    http2_max_requests: Option<Count>,
+    max_requests_per_connection: Option<Count>,
+    max_retries: Option<Count>,
+    idle_timeout: Option<IstioDuration>,
+    max_concurrent_streams: Option<Count>,
+    http2_keep_alive: Option<Http2KeepAliveSettings>,
+    /// Read and accepted: on a gRPC port the cluster is HTTP/2 whatever it
+    /// says, in istiod (`applyH2Upgrade`) as here.
+    #[serde(rename = "h2UpgradePolicy")]
+    _h2_upgrade_policy: Option<H2UpgradePolicy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object")]
+struct Http2KeepAliveSettings {
+    interval: Option<IstioDuration>,
+    timeout: Option<IstioDuration>,
+}
+
+/// `http.h2UpgradePolicy`: every value is accepted (see `HttpSettings`).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum H2UpgradePolicy {
+    Default,
+    DoNotUpgrade,
+    Upgrade,
+}
+
+/// A count field (`maxConnections`, `probes`, …): a non-negative 32-bit
+/// integer.
+#[derive(Clone, Copy, Debug)]
+struct Count(u32);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Number;
+        impl Visitor<'_> for Number {
+            type Value = Count;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a non-negative 32-bit integer")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Count, E> {
+                u32::try_from(n)
+                    .map(Count)
+                    .map_err(|_| E::invalid_value(Unexpected::Unsigned(n), &self))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Count, E> {
+                match u64::try_from(n) {
+                    Ok(n) => self.visit_u64(n),
+                    Err(_) => Err(E::invalid_value(Unexpected::Signed(n), &self)),
+                }
+            }
         }
-    }
-
-    pub(crate) fn field(&self, key: &str) -> String {
-        format!("{}.{key}", self.path)
-    }
-
-    pub(crate) fn get(&mut self, key: &'static str) -> Option<&'a Value> {
-        self.used.push(key);
-        self.map.get(key).filter(|v| !v.is_null())
-    }
-
-    pub(crate) fn object(&mut self, key: &'static str) -> Result<Option<Fields<'a>>, FieldError> {
-        let path = self.field(key);
-        self.get(key).map(|v| Fields::new(path, v)).transpose()
-    }
-
-    fn u32(&mut self, key: &'static str) -> Result<Option<u32>, FieldError> {
-        let path = self.field(key);
-        self.get(key)
-            .map(|v| {
-                v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or((
-                    path,
-                    format!("expected a non-negative 32-bit integer, got {v}"),
-                ))
-            })
-            .transpose()
-    }
-
-    /// istiod copies these counts only when > 0: 0 keeps its default.
-    fn positive_u32(&mut self, key: &'static str) -> Result<Option<u32>, FieldError> {
-        Ok(self.u32(key)?.filter(|&n| n > 0))
-    }
-
-    fn duration(&mut self, key: &'static str) -> Result<Option<Duration>, FieldError> {
-        let path = self.field(key);
-        self.get(key)
-            .map(|v| {
-                let text = v.as_str().ok_or_else(|| {
-                    (path.clone(), format!("expected a duration string, got {v}"))
-                })?;
-                duration::parse(text).map_err(|e| (path, e.to_string()))
-            })
-            .transpose()
-    }
-
-    pub(crate) fn str(&mut self, key: &'static str) -> Result<Option<&'a str>, FieldError> {
-        let path = self.field(key);
-        self.get(key)
-            .map(|v| {
-                v.as_str()
-                    .ok_or((path, format!("expected a string, got {v}")))
-            })
-            .transpose()
-    }
-
-    /// A key nobody read is refused, naming it.
-    pub(crate) fn finish(self) -> Result<(), FieldError> {
-        match self
-            .map
-            .keys()
-            .find(|key| !self.used.iter().any(|u| u == key))
-        {
-            Some(key) => Err((self.field(key), not_translated(key).to_owned())),
-            None => Ok(()),
-        }
+        deserializer.deserialize_u32(Number)
     }
 }
 
-/// The resource's `metadata.name`, after checking its `kind`.
-pub(crate) fn named(resource: &Value, kind: &'static str) -> Result<String, TranslateError> {
-    let name = resource
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("<unnamed>")
-        .to_owned();
-    if resource.get("kind").and_then(Value::as_str) != Some(kind) {
-        return Err(TranslateError {
-            kind,
-            name,
-            field: "kind".into(),
-            problem: format!("expected {kind}"),
-        });
-    }
-    Ok(name)
+/// istiod copies these counts only when > 0: 0 keeps its default.
+fn positive(count: Option<Count>) -> Option<u32> {
+    count.map(|Count(n)| n).filter(|&n| n > 0)
+}
+
+fn duration(d: Option<IstioDuration>) -> Option<Duration> {
+    d.map(|IstioDuration(d)| d)
 }
 
 /// Translate one DestinationRule (the whole resource, as parsed YAML).
 pub fn translate(resource: &Value) -> Result<Translation, TranslateError> {
-    let name = named(resource, "DestinationRule")?;
-    let fail = |(field, problem): FieldError| TranslateError {
-        kind: "DestinationRule",
+    const KIND: &str = "DestinationRule";
+    let (name, spec): (String, DestinationRuleSpec) = resource::read(resource, KIND)?;
+    let fail = |error| TranslateError {
+        kind: KIND,
         name: name.clone(),
-        field,
-        problem,
+        error,
     };
-    let spec = resource
-        .get("spec")
-        .ok_or_else(|| fail(("spec".into(), "missing".into())))?;
-    let mut spec = Fields::new("spec", spec).map_err(fail)?;
     let host = spec
-        .str("host")
-        .map_err(fail)?
-        .ok_or_else(|| fail(("spec.host".into(), "missing".into())))?
-        .to_owned();
+        .host
+        .ok_or_else(|| fail(FieldError::new("spec.host", Problem::Missing)))?;
     // Anything else would not reach the server Service's sidecars at all.
     if !SERVER_HOSTS.contains(&host.as_str()) {
-        return Err(fail((
-            "spec.host".into(),
-            format!(
-                "{host:?} is not the server Service; the local mesh has one: {}",
-                SERVER_HOSTS.join(", ")
-            ),
+        return Err(fail(FieldError::new(
+            "spec.host",
+            Problem::NotTheServer(host),
         )));
     }
-    spec.get("exportTo"); // visibility only: nothing to translate on one machine
     let mut policy = ClusterPolicy::default();
-    if let Some(traffic) = spec.object("trafficPolicy").map_err(fail)? {
-        translate_traffic_policy(traffic, &mut policy).map_err(fail)?;
+    if let Some(traffic) = spec.traffic_policy {
+        traffic
+            .apply(&mut policy)
+            .map_err(|e| fail(e.under("spec.trafficPolicy")))?;
     }
-    spec.finish().map_err(fail)?;
     Ok(Translation { name, host, policy })
 }
 
-fn translate_traffic_policy(
-    mut traffic: Fields<'_>,
-    policy: &mut ClusterPolicy,
-) -> Result<(), FieldError> {
-    if let Some(mut lb) = traffic.object("loadBalancer")? {
-        if let Some(simple) = lb.str("simple")? {
+impl TrafficPolicy {
+    /// Errors name the field from `trafficPolicy`.
+    fn apply(self, policy: &mut ClusterPolicy) -> Result<(), FieldError> {
+        if let Some(simple) = self.load_balancer.and_then(|lb| lb.simple) {
             policy.lb_policy = match simple {
-                "ROUND_ROBIN" => "ROUND_ROBIN",
-                "LEAST_REQUEST" | "LEAST_CONN" => "LEAST_REQUEST",
-                "RANDOM" => "RANDOM",
-                "UNSPECIFIED" => "LEAST_REQUEST",
-                "PASSTHROUGH" => {
-                    return Err((
-                        lb.field("simple"),
-                        "PASSTHROUGH (an ORIGINAL_DST cluster) is not translated by the local mesh: \
-                         there is no iptables to keep the original destination; refused rather than dropped"
-                            .into(),
-                    ));
+                SimpleLb::RoundRobin => "ROUND_ROBIN",
+                SimpleLb::LeastRequest | SimpleLb::LeastConn | SimpleLb::Unspecified => {
+                    "LEAST_REQUEST"
                 }
-                other => {
-                    return Err((lb.field("simple"), format!("unknown algorithm {other:?}")));
+                SimpleLb::Random => "RANDOM",
+                SimpleLb::Passthrough => {
+                    return Err(FieldError::new("loadBalancer.simple", Problem::Passthrough));
                 }
             };
         }
-        lb.finish()?;
+        if let Some(pool) = self.connection_pool {
+            pool.apply(policy).map_err(|e| e.under("connectionPool"))?;
+        }
+        Ok(())
     }
-    if let Some(pool) = traffic.object("connectionPool")? {
-        translate_connection_pool(pool, policy)?;
-    }
-    traffic.finish()
 }
 
-/// `connectionPool` (a DestinationRule's, or a Sidecar's
-/// `inboundConnectionPool`) → `policy`, as istiod's `applyConnectionPool`.
-pub(crate) fn translate_connection_pool(
-    mut pool: Fields<'_>,
-    policy: &mut ClusterPolicy,
-) -> Result<(), FieldError> {
-    let mut tcp_idle = None;
-    if let Some(mut tcp) = pool.object("tcp")? {
-        if let Some(n) = tcp.positive_u32("maxConnections")? {
-            policy.max_connections = n;
+impl ConnectionPool {
+    /// `self` → `policy`, as istiod's `applyConnectionPool`. Errors name the
+    /// field from the pool.
+    pub(crate) fn apply(self, policy: &mut ClusterPolicy) -> Result<(), FieldError> {
+        let mut tcp_idle = None;
+        if let Some(tcp) = self.tcp {
+            if let Some(n) = positive(tcp.max_connections) {
+                policy.max_connections = n;
+            }
+            if let Some(d) = duration(tcp.connect_timeout) {
+                policy.connect_timeout = d;
+            }
+            if let Some(ka) = tcp.tcp_keepalive {
+                policy.tcp_keepalive = Some(TcpKeepalive {
+                    probes: positive(ka.probes),
+                    time: duration(ka.time),
+                    interval: duration(ka.interval),
+                });
+            }
+            policy.max_connection_duration = duration(tcp.max_connection_duration);
+            tcp_idle = duration(tcp.idle_timeout);
         }
-        if let Some(d) = tcp.duration("connectTimeout")? {
-            policy.connect_timeout = d;
+        let mut http_idle = None;
+        if let Some(http) = self.http {
+            if let Some(n) = positive(http.http1_max_pending_requests) {
+                policy.max_pending_requests = n;
+            }
+            if let Some(n) = positive(http.http2_max_requests) {
+                policy.max_requests = n;
+            }
+            policy.max_requests_per_connection = positive(http.max_requests_per_connection);
+            if let Some(n) = positive(http.max_retries) {
+                policy.max_retries = n;
+            }
+            http_idle = duration(http.idle_timeout);
+            policy.max_concurrent_streams = positive(http.max_concurrent_streams);
+            if let Some(ka) = http.http2_keep_alive {
+                // Envoy's KeepaliveSettings.timeout is required: refuse here,
+                // by name, rather than render a cluster Envoy rejects.
+                let timeout = duration(ka.timeout).ok_or_else(|| {
+                    FieldError::new(
+                        "http.http2KeepAlive.timeout",
+                        Problem::KeepaliveTimeoutRequired,
+                    )
+                })?;
+                policy.http2_keepalive = Some(Http2Keepalive {
+                    interval: duration(ka.interval),
+                    timeout: Some(timeout),
+                });
+            }
         }
-        if let Some(mut ka) = tcp.object("tcpKeepalive")? {
-            policy.tcp_keepalive = Some(TcpKeepalive {
-                probes: ka.positive_u32("probes")?,
-                time: ka.duration("time")?,
-                interval: ka.duration("interval")?,
-            });
-            ka.finish()?;
-        }
-        policy.max_connection_duration = tcp.duration("maxConnectionDuration")?;
-        tcp_idle = tcp.duration("idleTimeout")?;
-        tcp.finish()?;
+        // http.idleTimeout wins over tcp.idleTimeout, as in istiod.
+        policy.idle_timeout = http_idle.or(tcp_idle).or(policy.idle_timeout);
+        Ok(())
     }
-    let mut http_idle = None;
-    if let Some(mut http) = pool.object("http")? {
-        if let Some(n) = http.positive_u32("http1MaxPendingRequests")? {
-            policy.max_pending_requests = n;
-        }
-        if let Some(n) = http.positive_u32("http2MaxRequests")? {
-            policy.max_requests = n;
-        }
-        policy.max_requests_per_connection = http.positive_u32("maxRequestsPerConnection")?;
-        if let Some(n) = http.positive_u32("maxRetries")? {
-            policy.max_retries = n;
-        }
-        http_idle = http.duration("idleTimeout")?;
-        policy.max_concurrent_streams = http.positive_u32("maxConcurrentStreams")?;
-        if let Some(mut ka) = http.object("http2KeepAlive")? {
-            let interval = ka.duration("interval")?;
-            // Envoy's KeepaliveSettings.timeout is required: refuse here,
-            // by name, rather than render a cluster Envoy rejects.
-            let timeout = ka.duration("timeout")?.ok_or_else(|| {
-                (
-                    ka.field("timeout"),
-                    "required (Envoy's connection_keepalive needs a PING timeout)".to_owned(),
-                )
-            })?;
-            policy.http2_keepalive = Some(Http2Keepalive {
-                interval,
-                timeout: Some(timeout),
-            });
-            ka.finish()?;
-        }
-        // Read and accepted: on a gRPC port the cluster is HTTP/2 whatever
-        // it says, in istiod (`applyH2Upgrade`) as here.
-        if let Some(v) = http.str("h2UpgradePolicy")?
-            && !["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"].contains(&v)
-        {
-            return Err((
-                http.field("h2UpgradePolicy"),
-                format!("unknown value {v:?}"),
-            ));
-        }
-        http.finish()?;
-    }
-    // http.idleTimeout wins over tcp.idleTimeout, as in istiod.
-    policy.idle_timeout = http_idle.or(tcp_idle).or(policy.idle_timeout);
-    pool.finish()
 }
 
 /// Envoy's JSON form of a duration.

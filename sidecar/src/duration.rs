@@ -5,7 +5,9 @@
 //! milliseconds. Stricter than the clients' command-line parser on purpose:
 //! what the mesh accepts, a cluster accepts.
 
-use std::time::Duration;
+use std::{fmt, time::Duration};
+
+use serde::de::{self, Deserialize, Deserializer, Visitor};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DurationError {
@@ -34,6 +36,26 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
     let secs = u64::try_from(nanos / 1_000_000_000)
         .map_err(|_| DurationError::TooLarge(input.to_owned()))?;
     Ok(Duration::new(secs, (nanos % 1_000_000_000) as u32))
+}
+
+/// A duration field of an Istio resource: a string [`parse`] accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IstioDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for IstioDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl Visitor<'_> for Text {
+            type Value = IstioDuration;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration string")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<IstioDuration, E> {
+                parse(text).map(IstioDuration).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Text)
+    }
 }
 
 /// Go's duration syntax, in signed nanoseconds (exact decimal arithmetic,

@@ -13,7 +13,8 @@
 //!   [`destination_rule::ClusterPolicy`]), [`sidecar_resource`] (the
 //!   Sidecar's `inboundConnectionPool`), [`wasm_plugin`] (which sidecars and
 //!   listeners get the filter), with Istio's [`duration`] syntax; read from
-//!   the files by [`manifests`].
+//!   the files by [`manifests`]. DestinationRule and Sidecar specs are typed
+//!   serde structs; [`resource`] reads them and names a refused field.
 //! - Policies → Envoy: [`inbound`] (server pods), [`outbound`] (the client
 //!   pod), [`wasm_filter`] (the WasmPlugin's HTTP filter, inline or ECDS).
 //! - [`pods`]: the pods' labels and names.
@@ -54,6 +55,7 @@ pub mod inbound;
 pub mod manifests;
 pub mod outbound;
 pub mod pods;
+pub mod resource;
 pub mod sidecar_resource;
 pub mod wasm_filter;
 pub mod wasm_plugin;

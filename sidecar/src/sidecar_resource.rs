@@ -4,13 +4,15 @@
 //! the pod on that port (`buildInboundCluster`); `istio/sidecar.yaml` sets
 //! one so that choice never depends on Service creation order.
 
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::{
-    destination_rule::{
-        self, ClusterPolicy, FieldError, Fields, TranslateError, translate_connection_pool,
-    },
+    destination_rule::{ClusterPolicy, ConnectionPool},
     pods::SERVER_POD_LABELS,
+    resource::{self, FieldError, Problem, TranslateError},
 };
 
 /// A translated Sidecar.
@@ -21,56 +23,53 @@ pub struct Translation {
     pub inbound: ClusterPolicy,
 }
 
+/// A Sidecar's `spec`: what the local mesh models. `egress`, `ingress`,
+/// `outboundTrafficPolicy`, … are refused by name.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "an object")]
+struct SidecarSpec {
+    workload_selector: Option<WorkloadSelector>,
+    inbound_connection_pool: Option<ConnectionPool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object")]
+struct WorkloadSelector {
+    labels: Option<BTreeMap<String, String>>,
+}
+
 pub fn translate(resource: &Value) -> Result<Translation, TranslateError> {
-    let name = destination_rule::named(resource, "Sidecar")?;
-    let fail = |(field, problem): FieldError| TranslateError {
-        kind: "Sidecar",
+    const KIND: &str = "Sidecar";
+    let (name, spec): (String, SidecarSpec) = resource::read(resource, KIND)?;
+    let fail = |error| TranslateError {
+        kind: KIND,
         name: name.clone(),
-        field,
-        problem,
+        error,
     };
-    let spec = resource
-        .get("spec")
-        .ok_or_else(|| fail(("spec".into(), "missing".into())))?;
-    let mut spec = Fields::new("spec", spec).map_err(fail)?;
-    if let Some(mut selector) = spec.object("workloadSelector").map_err(fail)? {
-        let path = selector.field("labels");
+    if let Some(selector) = spec.workload_selector {
+        let path = "spec.workloadSelector.labels";
         let labels = selector
-            .get("labels")
-            .ok_or_else(|| fail((path.clone(), "missing".into())))?;
-        check_selects_server_pods(&path, labels).map_err(fail)?;
-        selector.finish().map_err(fail)?;
+            .labels
+            .ok_or_else(|| fail(FieldError::new(path, Problem::Missing)))?;
+        check_selects_server_pods(&labels).map_err(|e| fail(e.under(path)))?;
     }
     let mut inbound = ClusterPolicy::default();
-    if let Some(pool) = spec.object("inboundConnectionPool").map_err(fail)? {
-        translate_connection_pool(pool, &mut inbound).map_err(fail)?;
+    if let Some(pool) = spec.inbound_connection_pool {
+        pool.apply(&mut inbound)
+            .map_err(|e| fail(e.under("spec.inboundConnectionPool")))?;
     }
-    spec.finish().map_err(fail)?;
     Ok(Translation { name, inbound })
 }
 
 /// A Sidecar for other pods would leave the server sidecars on defaults
 /// while the file says otherwise: refused, naming the label.
-fn check_selects_server_pods(path: &str, labels: &Value) -> Result<(), FieldError> {
-    let labels = labels
-        .as_object()
-        .ok_or_else(|| (path.to_owned(), "must be an object".to_owned()))?;
+fn check_selects_server_pods(labels: &BTreeMap<String, String>) -> Result<(), FieldError> {
     for (key, value) in labels {
-        let matches = SERVER_POD_LABELS
+        if !SERVER_POD_LABELS
             .iter()
-            .any(|(k, v)| k == key && value.as_str() == Some(*v));
-        if !matches {
-            return Err((
-                format!("{path}.{key}"),
-                format!(
-                    "selects no server pod (they are labelled {})",
-                    SERVER_POD_LABELS
-                        .iter()
-                        .map(|(k, v)| format!("{k}: {v}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
+            .any(|(k, v)| k == key && value == v)
+        {
+            return Err(FieldError::new(key.clone(), Problem::SelectsNoServerPod));
         }
     }
     Ok(())

@@ -10,11 +10,13 @@ use anyhow::{Context as _, bail, ensure};
 use upstream_tagger::{headers::UPSTREAM_POD, metrics};
 
 use super::{Bench, envoy_errors, start_envoys};
+use harness::http::h2c;
+
 use crate::{
     benchmark::progress,
     configs::{Inputs, Variant},
     envoy::Envoy,
-    grpc, h2c,
+    grpc,
     report::ChurnRow,
 };
 

@@ -10,11 +10,13 @@ use upstream_tagger::headers::{
 };
 
 use super::{Bench, Loaded, envoy_errors, start_echo_server, start_envoys};
+use harness::http::h2c;
+
 use crate::{
     benchmark::progress,
     configs::{Inputs, Variant},
     envoy::Envoy,
-    grpc, h2c, h2load,
+    grpc, h2load,
     report::{ProxyRow, median, median_difference, median_ratio},
 };
 

@@ -1,6 +1,9 @@
-//! A minimal h2c (HTTP/2 cleartext) client: checks that a configuration
-//! really does its work before it is measured, and drives the connection
-//! churn (one gRPC-shaped request per fresh connection).
+//! HTTP/2 cleartext (h2c), gRPC-shaped: POSTs with `content-type:
+//! application/grpc` and `te: trailers`, several on one connection, each
+//! answer with its headers and its `grpc-status` (from the trailers, or from
+//! the headers of a trailers-only response). The bench checks with it that a
+//! configuration really does its work before it is measured, and drives the
+//! connection churn with it (one request per fresh connection).
 
 use std::{
     net::SocketAddr,
@@ -11,11 +14,15 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, bail};
 use http_body_util::{BodyExt as _, Full};
 use hyper::{HeaderMap, Request, body::Bytes};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
+
+use crate::{Error, Result};
+
+/// How long one connection's calls may take, in [`probe`] and [`churn`].
+const CALL_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What came back for one request.
 #[derive(Debug, Clone)]
@@ -33,33 +40,47 @@ impl Answer {
     }
 }
 
-fn request(addr: SocketAddr, path: &str, body: &Bytes) -> anyhow::Result<Request<Full<Bytes>>> {
-    Ok(Request::post(format!("http://{addr}{path}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(Full::new(body.clone()))?)
+fn failed(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Http(format!("{what}: {e}"))
 }
 
-/// `requests` sequential calls on one fresh connection.
-async fn calls(
+/// `requests` sequential POSTs of `body` to `path` on one fresh connection.
+pub async fn calls(
     addr: SocketAddr,
     path: &str,
     body: &Bytes,
     requests: usize,
-) -> anyhow::Result<Vec<Answer>> {
+) -> Result<Vec<Answer>> {
+    let what = format!("h2c POST http://{addr}{path}");
     let stream = TcpStream::connect(addr)
         .await
-        .with_context(|| format!("connect {addr}"))?;
-    stream.set_nodelay(true)?;
+        .map_err(|e| Error::io(format!("connect for {what}"), e))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| Error::io(format!("configure socket for {what}"), e))?;
     let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .map_err(|e| failed(&what, e))?;
     let driver = tokio::spawn(connection);
     let mut answers = Vec::with_capacity(requests);
     for _ in 0..requests {
-        let response = sender.send_request(request(addr, path, body)?).await?;
+        let request = Request::post(format!("http://{addr}{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(body.clone()))
+            .map_err(|e| failed(&what, e))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| failed(&what, e))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let collected = response.into_body().collect().await?;
+        let collected = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| failed(&what, e))?;
         let grpc_status = collected
             .trailers()
             .and_then(|t| t.get("grpc-status"))
@@ -74,14 +95,27 @@ async fn calls(
     }
     // Dropping the last sender lets the connection close cleanly.
     drop(sender);
-    driver.await??;
+    driver
+        .await
+        .map_err(|e| failed(&what, e))?
+        .map_err(|e| failed(&what, e))?;
     Ok(answers)
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
+/// [`calls`] within [`CALL_DEADLINE`].
+async fn calls_in_time(
+    addr: SocketAddr,
+    path: &str,
+    body: &Bytes,
+    requests: usize,
+) -> Result<Vec<Answer>> {
+    tokio::time::timeout(CALL_DEADLINE, calls(addr, path, body, requests))
+        .await
+        .map_err(|_| Error::Timeout {
+            what: format!("an answer from {addr}{path}"),
+            timeout: CALL_DEADLINE,
+            log: None,
+        })?
 }
 
 /// `requests` calls on one connection, then a second connection's first
@@ -91,18 +125,13 @@ pub fn probe(
     path: &str,
     body: &[u8],
     requests: usize,
-) -> anyhow::Result<(Vec<Answer>, Answer)> {
+) -> Result<(Vec<Answer>, Answer)> {
     let body = Bytes::copy_from_slice(body);
-    runtime()?.block_on(async {
-        let deadline = Duration::from_secs(10);
-        let first = tokio::time::timeout(deadline, calls(addr, path, &body, requests))
-            .await
-            .with_context(|| format!("no answer from {addr} within {deadline:?}"))??;
-        let mut second = tokio::time::timeout(deadline, calls(addr, path, &body, 1))
-            .await
-            .with_context(|| format!("no answer from {addr} within {deadline:?}"))??;
+    super::block_on(async {
+        let first = calls_in_time(addr, path, &body, requests).await?;
+        let mut second = calls_in_time(addr, path, &body, 1).await?;
         Ok((first, second.remove(0)))
-    })
+    })?
 }
 
 /// Result of a churn run.
@@ -124,7 +153,7 @@ pub fn churn(
     connections: u64,
     parallel: u64,
     tag_header: &str,
-) -> anyhow::Result<Churn> {
+) -> Result<Churn> {
     let body = Bytes::copy_from_slice(body);
     let next = Arc::new(AtomicU64::new(0));
     let tagged = Arc::new(AtomicU64::new(0));
@@ -132,7 +161,7 @@ pub fn churn(
     // Each connection has its own 10 s limit; the whole run one too, far above
     // a normal run (100,000 connections take about 30 s here).
     let overall = Duration::from_secs(120) + Duration::from_millis(connections.saturating_mul(5));
-    let result: anyhow::Result<()> = runtime()?.block_on(async {
+    let result: Result<()> = super::block_on(async {
         let run = async {
             let mut tasks = Vec::new();
             for _ in 0..parallel.max(1) {
@@ -141,43 +170,45 @@ pub fn churn(
                 let (path, tag_header) = (path.to_owned(), tag_header.to_owned());
                 tasks.push(tokio::spawn(async move {
                     while next.fetch_add(1, Ordering::Relaxed) < connections {
-                        let answers = tokio::time::timeout(
-                            Duration::from_secs(10),
-                            calls(addr, &path, &body, 1),
-                        )
-                        .await
-                        .context("a churn connection got no answer within 10s")??;
+                        let answers = calls_in_time(addr, &path, &body, 1).await?;
                         let answer = &answers[0];
                         if answer.status != 200 {
-                            bail!("churn request answered HTTP {}", answer.status);
+                            return Err(Error::Http(format!(
+                                "churn request answered HTTP {}",
+                                answer.status
+                            )));
                         }
                         if answer.headers.contains_key(tag_header.as_str()) {
                             tagged.fetch_add(1, Ordering::Relaxed);
                         }
                         done.fetch_add(1, Ordering::Relaxed);
                     }
-                    anyhow::Ok(())
+                    Ok(())
                 }));
             }
             for task in tasks {
-                task.await??;
+                task.await.map_err(|e| failed("a churn task", e))??;
             }
             Ok(())
         };
         tokio::time::timeout(overall, run)
             .await
-            .with_context(|| format!("the churn did not finish within {overall:?}"))?
-    });
+            .map_err(|_| Error::Timeout {
+                what: "the churn".into(),
+                timeout: overall,
+                log: None,
+            })?
+    })?;
     let outcome = Churn {
         connections: done.load(Ordering::Relaxed),
         failed: connections.saturating_sub(done.load(Ordering::Relaxed)),
         tagged: tagged.load(Ordering::Relaxed),
     };
-    result.with_context(|| {
-        format!(
-            "churn against {addr} stopped after {} connections",
+    result.map_err(|e| {
+        Error::Http(format!(
+            "churn against {addr} stopped after {} connections: {e}",
             outcome.connections
-        )
+        ))
     })?;
     Ok(outcome)
 }
