@@ -21,6 +21,19 @@ pub mod procfs;
 pub mod report;
 pub mod tools;
 
+/// The command line, or the exit code to leave with: a usage error is 64
+/// (EX_USAGE) after clap's message, `--help`/`--version` 0.
+pub fn parse_args<A: clap::Parser>() -> Result<A, std::process::ExitCode> {
+    A::try_parse().map_err(|e| {
+        let _ = e.print();
+        if e.use_stderr() {
+            std::process::ExitCode::from(64)
+        } else {
+            std::process::ExitCode::SUCCESS
+        }
+    })
+}
+
 /// tonic's hello-world service (`proto/helloworld.proto`), for the stock
 /// server the echo server is compared with.
 pub mod hello {

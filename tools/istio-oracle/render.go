@@ -184,6 +184,19 @@ func renderClient(s *xds.FakeDiscoveryServer, p *model.Proxy, svc *corev1.Servic
 			ls = append(ls, l)
 		}
 	}
+	out, err := sidecarResources(s, p, ls, wantClusters)
+	if err != nil {
+		return out, err
+	}
+	if len(out.Listeners) == 0 || len(out.Clusters) != len(wantClusters) {
+		return out, fmt.Errorf("client sidecar: istiod rendered %d listeners and %d of the clusters %v", len(out.Listeners), len(out.Clusters), keys(wantClusters))
+	}
+	return out, nil
+}
+
+// sidecarResources marshals what both sidecars are compared on: the
+// listeners, the routes they name through RDS, and the wanted clusters.
+func sidecarResources(s *xds.FakeDiscoveryServer, p *model.Proxy, ls []*listener.Listener, wantClusters map[string]bool) (SidecarConfig, error) {
 	var out SidecarConfig
 	var err error
 	if out.Listeners, err = marshalAll(ls); err != nil {
@@ -192,13 +205,8 @@ func renderClient(s *xds.FakeDiscoveryServer, p *model.Proxy, svc *corev1.Servic
 	if out.Routes, err = marshalAll(s.RoutesFromListeners(p, ls)); err != nil {
 		return out, err
 	}
-	if out.Clusters, err = marshalAll(pickClusters(s.Clusters(p), wantClusters)); err != nil {
-		return out, err
-	}
-	if len(out.Listeners) == 0 || len(out.Clusters) != len(wantClusters) {
-		return out, fmt.Errorf("client sidecar: istiod rendered %d listeners and %d of the clusters %v", len(out.Listeners), len(out.Clusters), keys(wantClusters))
-	}
-	return out, nil
+	out.Clusters, err = marshalAll(pickClusters(s.Clusters(p), wantClusters))
+	return out, err
 }
 
 // renderServer: virtualInbound, its RDS routes if any, the inbound clusters
@@ -214,15 +222,8 @@ func renderServer(s *xds.FakeDiscoveryServer, p *model.Proxy, in *inputs) (Sidec
 	for _, tp := range targetPorts(in.svc, in.server) {
 		wantClusters[fmt.Sprintf("inbound|%d||", tp)] = true
 	}
-	var out SidecarConfig
-	var err error
-	if out.Listeners, err = marshalAll(ls); err != nil {
-		return out, err
-	}
-	if out.Routes, err = marshalAll(s.RoutesFromListeners(p, ls)); err != nil {
-		return out, err
-	}
-	if out.Clusters, err = marshalAll(pickClusters(s.Clusters(p), wantClusters)); err != nil {
+	out, err := sidecarResources(s, p, ls, wantClusters)
+	if err != nil {
 		return out, err
 	}
 	ecds := s.ConfigGen.BuildExtensionConfiguration(p, s.PushContext(), ecdsNames(ls), nil)
