@@ -1,4 +1,5 @@
-//! Issue 6's goals, judged against a run's report.
+//! Issue 6's goals (and issue 13's throughput target), judged against a
+//! run's report.
 
 use crate::{
     configs::Variant,
@@ -42,6 +43,14 @@ pub fn goals(report: &Report) -> Vec<Goal> {
             if ratio >= 0.80 { "met" } else { "not met" }
         ),
         verdict: timed(ratio >= 0.75),
+    });
+    // Issue 13's lower bar for direct_response: the empty-filter floor plus
+    // the five host calls the filter needs.
+    goals.push(Goal {
+        goal: "upstream-tagger vs no filter, issue 13's target".into(),
+        target: "≥ 0.66× (the empty-filter floor plus five host calls)".into(),
+        measured: format!("{ratio:.2}×"),
+        verdict: timed(ratio >= 0.66),
     });
     goals.push(Goal {
         goal: "upstream-tagger added Envoy CPU per request".into(),
@@ -137,6 +146,11 @@ mod tests {
     fn goals_are_judged_against_issue_6_thresholds() {
         let goals = goals(&report(false, 80.0, 127_999, 100_000));
         assert_eq!(verdict_of(&goals, "throughput vs no filter"), Verdict::Met);
+        assert_eq!(
+            verdict_of(&goals, "issue 13's target"),
+            Verdict::Met,
+            "0.80×"
+        );
         assert_eq!(verdict_of(&goals, "added Envoy CPU"), Verdict::Met);
         assert_eq!(
             verdict_of(&goals, "vs the Lua equivalent"),
@@ -163,6 +177,11 @@ mod tests {
             Verdict::NotMet
         );
         assert_eq!(
+            verdict_of(&goals, "issue 13's target"),
+            Verdict::NotMet,
+            "0.60× < 0.66×"
+        );
+        assert_eq!(
             verdict_of(&goals, "vs the Lua equivalent"),
             Verdict::NotMet,
             "60/50 = 1.2×"
@@ -179,6 +198,7 @@ mod tests {
         let goals = goals(&report(true, 80.0, 100_000, 3_000));
         for name in [
             "throughput vs no filter",
+            "issue 13's target",
             "added Envoy CPU",
             "vs the Lua equivalent",
             "unloaded latency",
