@@ -21,6 +21,24 @@ pub mod procfs;
 pub mod report;
 pub mod tools;
 
+/// The programs and manifests both bench binaries load (their shared flags).
+#[derive(clap::Args, Debug)]
+pub struct InputFlags {
+    /// Envoy binary [default: $ENVOY, else .venv/bin/envoy; the callgrind driver
+    /// resolves a launcher script to its binary].
+    #[arg(long)]
+    pub envoy: Option<std::path::PathBuf>,
+    /// upstream-tagger module [default: dist/upstream_tagger.wasm].
+    #[arg(long)]
+    pub wasm: Option<std::path::PathBuf>,
+    /// The empty-filter module [default: target/wasm32-wasip1/wasm/empty_filter.wasm].
+    #[arg(long)]
+    pub empty_wasm: Option<std::path::PathBuf>,
+    /// The manifests whose WasmPlugin is loaded [default: ./istio].
+    #[arg(long)]
+    pub istio_dir: Option<std::path::PathBuf>,
+}
+
 /// The command line, or the exit code to leave with: a usage error is 64
 /// (EX_USAGE) after clap's message, `--help`/`--version` 0.
 pub fn parse_args<A: clap::Parser>() -> Result<A, std::process::ExitCode> {

@@ -49,18 +49,8 @@ struct Args {
     /// Where the report (report.md/report.json, quick.md/quick.json with --quick) and run logs go.
     #[arg(long, default_value_os_t = benchmark::default_out_dir())]
     out: PathBuf,
-    /// Envoy binary [default: $ENVOY, else .venv/bin/envoy].
-    #[arg(long)]
-    envoy: Option<PathBuf>,
-    /// upstream-tagger module [default: dist/upstream_tagger.wasm].
-    #[arg(long)]
-    wasm: Option<PathBuf>,
-    /// The empty-filter module [default: target/wasm32-wasip1/wasm/empty_filter.wasm].
-    #[arg(long)]
-    empty_wasm: Option<PathBuf>,
-    /// The manifests whose WasmPlugin is loaded [default: ./istio].
-    #[arg(long)]
-    istio_dir: Option<PathBuf>,
+    #[command(flatten)]
+    inputs: bench::InputFlags,
 }
 
 fn main() -> ExitCode {
@@ -91,10 +81,10 @@ fn main() -> ExitCode {
             .unwrap_or(if q { 3_000 } else { 100_000 }),
         churn_parallel: args.churn_parallel,
         out_dir: args.out,
-        envoy: args.envoy,
-        wasm: args.wasm,
-        empty_wasm: args.empty_wasm,
-        istio_dir: args.istio_dir,
+        envoy: args.inputs.envoy,
+        wasm: args.inputs.wasm,
+        empty_wasm: args.inputs.empty_wasm,
+        istio_dir: args.inputs.istio_dir,
     };
     let report = match benchmark::run_phases(&opts) {
         Ok(report) => report,

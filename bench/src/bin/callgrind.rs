@@ -43,18 +43,8 @@ struct Args {
     /// Only these configurations (keys as printed, e.g. sidecar-no-filter; repeatable).
     #[arg(long)]
     only: Vec<String>,
-    /// Envoy binary [default: $ENVOY, else .venv/bin/envoy; a launcher script is resolved to its binary].
-    #[arg(long)]
-    envoy: Option<PathBuf>,
-    /// upstream-tagger module [default: dist/upstream_tagger.wasm].
-    #[arg(long)]
-    wasm: Option<PathBuf>,
-    /// The empty-filter module [default: target/wasm32-wasip1/wasm/empty_filter.wasm].
-    #[arg(long)]
-    empty_wasm: Option<PathBuf>,
-    /// The manifests whose WasmPlugin is loaded [default: ./istio].
-    #[arg(long)]
-    istio_dir: Option<PathBuf>,
+    #[command(flatten)]
+    inputs: bench::InputFlags,
     /// Where the dumps, logs and callgrind.md/.json go (under callgrind/).
     #[arg(long, default_value_os_t = bench::benchmark::default_out_dir())]
     out: PathBuf,
@@ -67,9 +57,9 @@ fn main() -> ExitCode {
     };
     harness::process::stop_children_on_signals();
     let opts = Options {
-        envoy: args.envoy,
-        wasm: args.wasm,
-        empty_wasm: args.empty_wasm,
+        envoy: args.inputs.envoy,
+        wasm: args.inputs.wasm,
+        empty_wasm: args.inputs.empty_wasm,
         modules: args.modules,
         warmup: args.warmup,
         small: args.small,
@@ -77,7 +67,7 @@ fn main() -> ExitCode {
         idle_secs: args.idle_secs,
         only: args.only,
         out_dir: args.out,
-        istio_dir: args.istio_dir,
+        istio_dir: args.inputs.istio_dir,
     };
     let rows = match callgrind::count_instructions(&opts) {
         Ok(rows) => rows,

@@ -315,9 +315,50 @@ impl Running {
     }
 }
 
+/// Issue 14, item 4: a client whose stdout nobody reads keeps its memory
+/// flat (unbounded, a debug build queued about 1 MiB in 3 s; the probe's
+/// release build 5 MB/s), and SIGINT still ends it, with the summary on
+/// stderr.
+pub async fn assert_blocked_stdout_is_bounded_and_sigint_ends_it(
+    name: &str,
+    bin: &str,
+    args: &[&str],
+) {
+    let mut client = spawn_unread(name, bin, args);
+    let pid = client.id().expect("client running");
+    // By now the 64 KiB pipe is long full.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = rss_kib(pid);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rss_kib(pid);
+    let growth_mib = after.saturating_sub(before) as f64 / 1024.0;
+    eprintln!("RSS {before} KiB -> {after} KiB over 3 s with stdout blocked");
+    assert!(
+        growth_mib < 0.5,
+        "client memory grew {growth_mib:.1} MiB in 3 s with stdout blocked"
+    );
+
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+    let status = tokio::time::timeout(Duration::from_secs(5), client.wait())
+        .await
+        .expect("SIGINT ends the client although stdout is blocked")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+    let stderr = std::fs::read_to_string(log_path(name)).unwrap();
+    assert!(stderr.contains("stdout is blocked"), "{stderr}");
+    assert!(
+        stderr.contains("--- summary: "),
+        "summary on stderr: {stderr}"
+    );
+}
+
 /// A client whose stdout is a pipe nobody reads (`client | less`, not
 /// scrolling): it fills and then blocks every write. Killed on drop.
-pub fn spawn_unread(name: &str, bin: &str, args: &[&str]) -> Child {
+fn spawn_unread(name: &str, bin: &str, args: &[&str]) -> Child {
     let log = std::fs::File::create(log_path(name)).unwrap();
     command(bin, args, Stdio::from(log))
         .spawn()
@@ -325,7 +366,7 @@ pub fn spawn_unread(name: &str, bin: &str, args: &[&str]) -> Child {
 }
 
 /// Resident memory of a process, in KiB.
-pub fn rss_kib(pid: u32) -> u64 {
+fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
