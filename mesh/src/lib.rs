@@ -7,6 +7,5 @@
 pub mod kube_proxy;
 pub mod render;
 pub mod report;
-pub mod runtime;
 pub mod scenario;
 pub mod topology;

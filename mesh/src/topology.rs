@@ -23,7 +23,7 @@ use sidecar::{
 
 pub use sidecar::pods::pod_names;
 
-use crate::{kube_proxy, runtime};
+use crate::kube_proxy;
 
 pub const GRPC_PORT: u16 = 30051;
 pub const HTTP_PORT: u16 = 8080;
@@ -244,7 +244,7 @@ impl Mesh {
             ]);
         }
         for (addr, what) in needed {
-            runtime::ensure_free(addr, what)?;
+            ensure_free(addr, what)?;
         }
 
         // Apps first, then every Envoy at once (they start in parallel).
@@ -379,5 +379,15 @@ impl Mesh {
     /// The sidecar of server pod `i`'s admin address (stats, config_dump).
     pub fn sidecar_admin(&self, i: usize) -> SocketAddr {
         self.addrs.sidecar_admin(i)
+    }
+}
+
+/// Fail early, with the fix, when an address the mesh needs is taken.
+fn ensure_free(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(e) => anyhow::bail!(
+            "{addr} ({what}) is not free: {e}. Is another `mesh up` running? Stop it, or use another --subnet."
+        ),
     }
 }
