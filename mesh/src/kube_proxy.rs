@@ -1,19 +1,28 @@
 //! The L4 "Service": kube-proxy's view of a ClusterIP Service, as an Envoy
 //! bootstrap (`tcp_proxy`), for the scenarios without sidecars.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::Path};
 
 use serde_json::{Value, json};
-use sidecar::socket_address as socket;
+use sidecar::{eds, socket_address as socket};
 
-/// kube-proxy's view of a ClusterIP Service (`ports`: service address → pod
-/// target port): a pod picked at random for each new *connection*, as
-/// kube-proxy does in iptables/nftables mode (`statistic --mode random`).
-pub fn l4_service(admin_addr: SocketAddr, ports: &[(SocketAddr, Vec<SocketAddr>)]) -> Value {
+/// The stand-in's cluster for one Service address.
+pub fn cluster_name(service: SocketAddr) -> String {
+    format!("kube-service|{}", service.port())
+}
+
+/// kube-proxy's view of a ClusterIP Service: a listener per Service address
+/// in `services`, each forwarding to a pod picked at random for each new
+/// *connection*, as kube-proxy does in iptables/nftables mode (`statistic
+/// --mode random`). The pods come by EDS from `endpoints_dir` (the mesh
+/// writes them as pods come and go, as the EndpointSlice controller does):
+/// like kube-proxy's rules, an update steers new connections only; open
+/// ones stay with their pod.
+pub fn l4_service(admin_addr: SocketAddr, services: &[SocketAddr], endpoints_dir: &Path) -> Value {
     let mut listeners = Vec::new();
     let mut clusters = Vec::new();
-    for (service, pods) in ports {
-        let cluster = format!("kube-service|{}", service.port());
+    for service in services {
+        let cluster = cluster_name(*service);
         listeners.push(json!({
             "name": format!("service_{}", service.port()),
             "address": socket(*service),
@@ -26,17 +35,14 @@ pub fn l4_service(admin_addr: SocketAddr, ports: &[(SocketAddr, Vec<SocketAddr>)
                 },
             }]}],
         }));
-        let endpoints: Vec<Value> = pods
-            .iter()
-            .map(|pod| json!({"endpoint": {"address": socket(*pod)}}))
-            .collect();
-        clusters.push(json!({
-            "name": cluster,
-            "type": "STATIC",
-            "connect_timeout": "1s",
-            "lb_policy": "RANDOM",
-            "load_assignment": {"cluster_name": cluster, "endpoints": [{"lb_endpoints": endpoints}]},
-        }));
+        clusters.push(eds::from_file(
+            json!({
+                "name": cluster,
+                "connect_timeout": "1s",
+                "lb_policy": "RANDOM",
+            }),
+            endpoints_dir,
+        ));
     }
     json!({
         "node": {"id": "kube-proxy", "cluster": "kube-proxy"},
@@ -50,15 +56,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kube_proxy_stand_in_picks_at_random() {
-        let pod: SocketAddr = "127.0.0.2:30051".parse().unwrap();
+    fn kube_proxy_stand_in_picks_at_random_from_discovered_pods() {
+        let service: SocketAddr = "127.0.0.1:30051".parse().unwrap();
         let config = l4_service(
             "127.0.0.1:15000".parse().unwrap(),
-            &[("127.0.0.1:30051".parse().unwrap(), vec![pod])],
+            &[service],
+            Path::new("/tmp/eds"),
         );
-        assert_eq!(
-            config["static_resources"]["clusters"][0]["lb_policy"],
-            "RANDOM"
-        );
+        let cluster = &config["static_resources"]["clusters"][0];
+        assert_eq!(cluster["lb_policy"], "RANDOM");
+        assert_eq!(cluster["type"], "EDS");
+        assert_eq!(cluster["name"], cluster_name(service));
     }
 }

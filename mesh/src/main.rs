@@ -28,7 +28,7 @@ struct Cli {
     #[arg(long, global = true)]
     all_lines: bool,
     /// Loopback "pod network": addresses are 127.<subnet>.x.y.
-    #[arg(long, global = true, default_value_t = 10, value_parser = clap::value_parser!(u8).range(1..=254))]
+    #[arg(long, global = true, default_value_t = mesh::topology::DEFAULT_SUBNET, value_parser = clap::value_parser!(u8).range(1..=254))]
     subnet: u8,
     /// Our manifests (default: ./istio, else the checkout's).
     #[arg(long, global = true)]
@@ -213,7 +213,7 @@ fn up(
     };
     let mesh = Mesh::start(artifacts, addrs, &layout, plugin, "up", options.seed)?;
     println!("local mesh up (DestinationRule: {experiment}); Ctrl-C stops everything\n");
-    for (i, pod) in mesh.pod_names.iter().enumerate() {
+    for (i, pod) in mesh.pod_names().iter().enumerate() {
         println!(
             "pod {pod}: app gRPC {} HTTP {}; sidecar inbound {} admin http://{}",
             addrs.app_grpc(i),

@@ -3,9 +3,13 @@
 //! reads `kubectl logs` (the client's own `#N:` lines and a table of pods,
 //! connections, counts and errors).
 
+use std::time::Duration;
+
 use anyhow::bail;
-use serde::Serializer;
+use serde::{Serialize, Serializer};
 use wire::{Record, Summary};
+
+use crate::scenario::events::Happened;
 
 /// A client's `--json` stdout, taken line by line.
 #[derive(Debug, Default)]
@@ -106,6 +110,145 @@ impl LinePrinter {
     /// Print the last hidden line (and how many were hidden before it).
     pub fn finish(&mut self) {
         self.flush_hidden();
+    }
+
+    /// An event in the run, always shown, in order with the calls.
+    pub fn event(&mut self, line: &str) {
+        self.flush_hidden();
+        println!("   -- {line}");
+    }
+}
+
+/// Which pod served calls when, in time slices: what `kubectl logs` of the
+/// client shows line by line, at a glance.
+#[derive(Clone, Debug, Serialize)]
+pub struct Timeline {
+    /// One mark per slice of this many milliseconds, from the client's start.
+    pub slice_ms: u64,
+    /// One row per pod (every pod that ran, in start order), then `failed`
+    /// and `events`: `#` served (or failed) calls in that slice, `^` an
+    /// event, `.` nothing.
+    pub rows: Vec<TimelineRow>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TimelineRow {
+    pub name: String,
+    pub marks: String,
+}
+
+/// At most this many slices: a row fits a terminal beside a pod name.
+const TIMELINE_COLUMNS: u64 = 48;
+
+impl Timeline {
+    /// `times[i]` is when `calls[i]` arrived; `events` as applied.
+    pub fn new(calls: &[Record], times: &[Duration], pods: &[String], events: &[Happened]) -> Self {
+        let end = times
+            .iter()
+            .copied()
+            .chain(events.iter().map(Happened::at))
+            .max()
+            .unwrap_or_default()
+            .as_millis() as u64;
+        // Round slices up to 50 ms so the scale reads easily.
+        let slice_ms = (end / TIMELINE_COLUMNS + 1).div_ceil(50) * 50;
+        let columns = (end / slice_ms + 1) as usize;
+        let column = |t: Duration| (t.as_millis() as u64 / slice_ms) as usize;
+        let mut rows: Vec<TimelineRow> = pods
+            .iter()
+            .chain([&"failed".to_owned(), &"events".to_owned()])
+            .map(|name| TimelineRow {
+                name: name.clone(),
+                marks: String::new(),
+            })
+            .collect();
+        let mut grid = vec![vec![false; columns]; rows.len()];
+        let (failed, event_row) = (pods.len(), pods.len() + 1);
+        for (call, &t) in calls.iter().zip(times) {
+            let row = match &call.call.outcome {
+                Ok(pod) => pods.iter().position(|p| p == pod),
+                Err(_) => Some(failed),
+            };
+            if let Some(row) = row {
+                grid[row][column(t)] = true;
+            }
+        }
+        for event in events {
+            grid[event_row][column(event.at())] = true;
+        }
+        for ((row, cells), i) in rows.iter_mut().zip(&grid).zip(0..) {
+            let mark = if i == event_row { '^' } else { '#' };
+            row.marks = cells
+                .iter()
+                .map(|&on| if on { mark } else { '.' })
+                .collect();
+        }
+        Timeline { slice_ms, rows }
+    }
+
+    /// The rows as printed under a scenario's table.
+    pub fn text(&self) -> String {
+        let width = self.rows.iter().map(|r| r.name.len()).max().unwrap_or(0);
+        let mut out = format!(
+            "   timeline, one mark per {} ms from the client's start (# calls, ^ events):\n",
+            self.slice_ms
+        );
+        for row in &self.rows {
+            out.push_str(&format!("   {:<width$}  {}\n", row.name, row.marks));
+        }
+        out
+    }
+}
+
+/// How many calls failed and over how long: what a pod's loss costs.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct FailureWindow {
+    pub failed: u64,
+    /// The first failed call's arrival, ms after the client's start.
+    pub first_ms: u64,
+    /// The last failed call's arrival.
+    pub last_ms: u64,
+    /// The first answered call after the last failure (none: the run ended
+    /// failing).
+    pub recovered_ms: Option<u64>,
+}
+
+/// The failed calls of a run, if any.
+pub fn failure_window(calls: &[Record], times: &[Duration]) -> Option<FailureWindow> {
+    let ms = |t: &Duration| t.as_millis() as u64;
+    let failed: Vec<usize> = (0..calls.len().min(times.len()))
+        .filter(|&i| calls[i].call.outcome.is_err())
+        .collect();
+    let (&first, &last) = (failed.first()?, failed.last()?);
+    Some(FailureWindow {
+        failed: failed.len() as u64,
+        first_ms: ms(&times[first]),
+        last_ms: ms(&times[last]),
+        recovered_ms: (last + 1..times.len().min(calls.len()))
+            .find(|&i| calls[i].call.outcome.is_ok())
+            .map(|i| ms(&times[i])),
+    })
+}
+
+impl std::fmt::Display for FailureWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = |ms: u64| ms as f64 / 1000.0;
+        write!(
+            f,
+            "{} call(s) failed, from t={:.2}s to t={:.2}s",
+            self.failed,
+            s(self.first_ms),
+            s(self.last_ms)
+        )?;
+        match self.recovered_ms {
+            Some(ms) => write!(
+                f,
+                "; answered again at t={:.2}s, {} ms after the first failure",
+                s(ms),
+                ms - self.first_ms
+            ),
+            None => write!(f, "; no answer after the last failure"),
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use harness::{
 use serde_json::Value;
 
 use sidecar::{
-    InboundPort, SidecarPolicies, inbound, outbound,
+    InboundPort, SidecarPolicies, eds, inbound, outbound,
     wasm_plugin::{Side, WasmPluginSpec},
 };
 
@@ -26,6 +26,8 @@ pub use sidecar::pods::pod_names;
 use crate::kube_proxy;
 
 pub const GRPC_PORT: u16 = 30051;
+/// `mesh --subnet`'s default.
+pub const DEFAULT_SUBNET: u8 = 10;
 pub const HTTP_PORT: u16 = 8080;
 pub const SERVICE_HTTP_PORT: u16 = 80;
 pub const SIDECAR_INBOUND_PORT: u16 = 15006;
@@ -126,7 +128,9 @@ pub struct SidecarConfigs {
 }
 
 /// The sidecars istiod would configure for `policies` and `plugin`, with the
-/// module at `wasm_file` (where istio-agent would have put it).
+/// module at `wasm_file` (where istio-agent would have put it). The client
+/// sidecar's outbound cluster takes its endpoints by EDS from the files in
+/// `endpoints_dir` (as istiod pushes them; see `sidecar::eds`).
 pub fn sidecar_configs(
     addrs: Addresses,
     pod_names: &[String],
@@ -134,6 +138,7 @@ pub fn sidecar_configs(
     policies: &SidecarPolicies,
     plugin: &WasmPluginSpec,
     wasm_file: &Path,
+    endpoints_dir: &Path,
 ) -> SidecarConfigs {
     let servers = pod_names
         .iter()
@@ -144,19 +149,23 @@ pub fn sidecar_configs(
     let client_wasm = plugin
         .applies(Side::Client, GRPC_PORT)
         .then(|| plugin.envoy_plugin(wasm_file).http_filter());
-    let sidecars: Vec<_> = (0..pod_names.len())
-        .map(|i| addrs.sidecar_inbound(i))
-        .collect();
-    let client = outbound::client_sidecar(
+    let mut client = outbound::client_sidecar(
         client_pod,
         addrs.client_sidecar_admin(),
         addrs.client_sidecar(),
         SERVICE_HOST,
         GRPC_PORT,
         &policies.outbound,
-        &sidecars,
+        &[],
         client_wasm,
     );
+    for cluster in client["static_resources"]["clusters"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+    {
+        *cluster = eds::from_file(cluster.take(), endpoints_dir);
+    }
     SidecarConfigs { servers, client }
 }
 
@@ -189,15 +198,66 @@ pub fn name_seed() -> u64 {
         .unwrap_or(42)
 }
 
-/// A running local mesh; dropping it stops every process.
+/// A running local mesh; dropping it stops every process. Pods can be
+/// added, killed and drained while it runs ([`Mesh::add_pod`],
+/// [`Mesh::kill_pod`], [`Mesh::drain_pod`]); [`Mesh::publish`] then updates
+/// what Kubernetes would: the client sidecar's endpoints (EDS), the L4
+/// stand-in's (kube-proxy) and the headless Service's DNS records.
 pub struct Mesh {
     pub addrs: Addresses,
-    pub pod_names: Vec<String>,
     pub client_pod: String,
     pub dir: PathBuf,
-    procs: Vec<ChildGuard>,
-    /// (name for messages, Envoy).
-    envoys: Vec<(String, Envoy)>,
+    /// Every pod started, by index (its address is `addrs.pod_ip(index)`).
+    pods: Vec<Pod>,
+    client_sidecar: Option<Envoy>,
+    kube_proxy: Option<Envoy>,
+    endpoints: EndpointFiles,
+    /// Errors Envoys of killed pods logged before they died.
+    errors_of_the_dead: Vec<String>,
+    /// What a pod added later needs.
+    start: StartWith,
+}
+
+/// What [`Mesh::add_pod`] starts a pod from.
+struct StartWith {
+    artifacts: Artifacts,
+    layout: Layout,
+    plugin: WasmPluginSpec,
+    seed: u64,
+}
+
+/// One server pod: the app and, with sidecars, its sidecar.
+pub struct Pod {
+    pub name: String,
+    pub state: PodState,
+    app: ChildGuard,
+    sidecar: Option<Envoy>,
+}
+
+impl Pod {
+    /// What a SIGKILL of the pod stops, for messages.
+    pub fn containers(&self) -> &'static str {
+        if self.sidecar.is_some() {
+            "its app and sidecar"
+        } else {
+            "its app"
+        }
+    }
+}
+
+/// Where a pod is in its life, as the endpoints see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodState {
+    /// Running and listed in the endpoints (once published).
+    Ready,
+    /// SIGTERM sent: the app reports NOT_SERVING and drains; no longer an
+    /// endpoint (Kubernetes takes a terminating pod out at once).
+    Terminating,
+    /// SIGKILL sent to the app and its sidecar; still listed until the next
+    /// [`Mesh::publish`] (the kubelet has not reported it yet).
+    Killed,
+    /// Killed and no longer listed.
+    Gone,
 }
 
 impl Mesh {
@@ -209,26 +269,35 @@ impl Mesh {
         name: &str,
         seed: u64,
     ) -> anyhow::Result<Self> {
-        let dir = artifacts.run_dir.join(name);
+        // Meshes on other subnets may run at the same time: each its own
+        // folder (logs, configs, endpoint files).
+        let dir = match addrs.subnet {
+            DEFAULT_SUBNET => artifacts.run_dir.join(name),
+            subnet => artifacts.run_dir.join(format!("{name}.subnet-{subnet}")),
+        };
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
+        let endpoints = EndpointFiles::new(&dir.join("endpoints"))?;
         let mut mesh = Mesh {
             addrs,
-            pod_names: pod_names("server", addrs.pods, seed),
             client_pod: pod_names("client-grpc", 1, seed.rotate_left(17)).remove(0),
             dir,
-            procs: Vec::new(),
-            envoys: Vec::new(),
+            pods: Vec::new(),
+            client_sidecar: None,
+            kube_proxy: None,
+            endpoints,
+            errors_of_the_dead: Vec::new(),
+            start: StartWith {
+                artifacts: artifacts.clone(),
+                layout: layout.clone(),
+                plugin: plugin.clone(),
+                seed,
+            },
         };
 
         let mut needed = Vec::new();
         for i in 0..addrs.pods {
-            needed.push((addrs.app_grpc(i), "server pod gRPC"));
-            needed.push((addrs.app_http(i), "server pod HTTP"));
-            if layout.sidecars.is_some() {
-                needed.push((addrs.sidecar_inbound(i), "server sidecar inbound"));
-                needed.push((addrs.sidecar_admin(i), "server sidecar admin"));
-            }
+            needed.extend(mesh.pod_addresses(i));
         }
         if layout.l4_service {
             needed.extend([
@@ -247,86 +316,316 @@ impl Mesh {
             ensure_free(addr, what)?;
         }
 
-        // Apps first, then every Envoy at once (they start in parallel).
+        // Apps first, then every Envoy at once (they start in parallel);
+        // the endpoint files exist before any Envoy reads them.
         for i in 0..addrs.pods {
-            let pod = mesh.pod_names[i].clone();
-            let mut command = Command::new(artifacts.bin("server"));
-            command
-                .arg("--grpc-addr")
-                .arg(addrs.app_grpc(i).to_string())
-                .arg("--http-addr")
-                .arg(addrs.app_http(i).to_string())
-                .args(&layout.server_args)
-                .env("POD_NAME", &pod);
-            let log = mesh.dir.join(format!("{pod}.server.log"));
-            mesh.procs.push(ChildGuard::spawn_logged(
-                &format!("server {pod}"),
-                &mut command,
-                &log,
-            )?);
+            mesh.spawn_pod(i)?;
         }
-        let mut envoys = Vec::new();
+        mesh.endpoints.write_all(&mesh.endpoint_sets())?;
         if let Some(policies) = &layout.sidecars {
-            let configs = sidecar_configs(
+            let client_config = sidecar_configs(
                 addrs,
-                &mesh.pod_names,
+                &[],
                 &mesh.client_pod,
                 policies,
                 plugin,
                 &artifacts.wasm,
-            );
-            for (i, config) in configs.servers.iter().enumerate() {
-                let pod = mesh.pod_names[i].clone();
-                envoys.push(mesh.spawn_envoy(
-                    artifacts,
-                    &format!("{pod}.sidecar"),
-                    config,
-                    Some(&pod),
-                )?);
-            }
+                mesh.endpoints.dir(),
+            )
+            .client;
             let client_pod = mesh.client_pod.clone();
-            envoys.push(mesh.spawn_envoy(
-                artifacts,
+            mesh.client_sidecar = Some(mesh.spawn_envoy(
                 &format!("{client_pod}.sidecar"),
-                &configs.client,
+                &client_config,
                 Some(&client_pod),
             )?);
         }
         if layout.l4_service {
-            let grpc_pods = (0..addrs.pods).map(|i| addrs.app_grpc(i)).collect();
-            let http_pods = (0..addrs.pods).map(|i| addrs.app_http(i)).collect();
             let config = kube_proxy::l4_service(
                 addrs.service_admin(),
-                &[
-                    (addrs.service_grpc(), grpc_pods),
-                    (addrs.service_http(), http_pods),
-                ],
+                &[addrs.service_grpc(), addrs.service_http()],
+                mesh.endpoints.dir(),
             );
-            envoys.push(mesh.spawn_envoy(artifacts, "service-server.kube-proxy", &config, None)?);
+            mesh.kube_proxy = Some(mesh.spawn_envoy("service-server.kube-proxy", &config, None)?);
         }
 
-        let deadline = Duration::from_secs(20);
         for i in 0..addrs.pods {
-            let addr = addrs.app_grpc(i);
-            mesh.procs[i].wait_listening(addr, deadline)?;
+            mesh.wait_pod_ready(i)?;
         }
-        for index in envoys {
-            mesh.wait_envoy_ready(index, deadline)?;
+        for envoy in [&mut mesh.client_sidecar, &mut mesh.kube_proxy]
+            .into_iter()
+            .flatten()
+        {
+            wait_envoy_ready(envoy, &mesh.dir)?;
         }
         Ok(mesh)
+    }
+
+    /// What [`Mesh::publish`] updates, for messages: `kube-proxy (EDS)`, ...
+    pub fn endpoint_consumers(&self) -> String {
+        let mut consumers = Vec::new();
+        if self.client_sidecar.is_some() {
+            consumers.push("the client sidecar (EDS)");
+        }
+        if self.kube_proxy.is_some() {
+            consumers.push("kube-proxy (EDS)");
+        }
+        if consumers.is_empty() {
+            "nothing".to_owned()
+        } else {
+            consumers.join(", ")
+        }
+    }
+
+    /// Every pod started so far, by index.
+    pub fn pods(&self) -> &[Pod] {
+        &self.pods
+    }
+
+    /// The names of every pod started so far, by index.
+    pub fn pod_names(&self) -> Vec<String> {
+        self.pods.iter().map(|p| p.name.clone()).collect()
+    }
+
+    /// The index of the pod named `name`.
+    pub fn pod_index(&self, name: &str) -> Option<usize> {
+        self.pods.iter().position(|p| p.name == name)
+    }
+
+    /// Starts one more server pod (and its sidecar), waits until it is
+    /// ready, then publishes it, as Kubernetes adds a pod to the endpoints
+    /// once its readiness probe passes. Returns its index.
+    pub fn add_pod(&mut self) -> anyhow::Result<usize> {
+        let i = self.pods.len();
+        if i >= MAX_PODS {
+            bail!("cannot add a pod: the mesh has addresses for {MAX_PODS} pods");
+        }
+        for (addr, what) in self.pod_addresses(i) {
+            ensure_free(addr, what)?;
+        }
+        self.spawn_pod(i)?;
+        self.wait_pod_ready(i)?;
+        self.publish()?;
+        Ok(i)
+    }
+
+    /// SIGKILL to pod `i`'s app and sidecar (the node lost the pod). The
+    /// endpoints still list it until the next [`Mesh::publish`].
+    pub fn kill_pod(&mut self, i: usize) -> anyhow::Result<()> {
+        let pod = self.live_pod(i)?;
+        pod.state = PodState::Killed;
+        pod.app.kill();
+        if let Some(sidecar) = pod.sidecar.take() {
+            let name = format!("Envoy {}.sidecar", pod.name);
+            self.errors_of_the_dead.extend(
+                sidecar
+                    .error_lines()
+                    .into_iter()
+                    .map(|line| format!("{name}: {line}")),
+            );
+            // Dropping an Envoy SIGKILLs and reaps it.
+            drop(sidecar);
+        }
+        Ok(())
+    }
+
+    /// SIGTERM to pod `i`'s app (Kubernetes deleting the pod): it reports
+    /// NOT_SERVING, finishes its calls and exits (`--drain-grace`,
+    /// `--drain-timeout`). Kubernetes takes a terminating pod out of the
+    /// endpoints at once, so this publishes. Its sidecar keeps running, as
+    /// istio-proxy drains for `terminationDrainDuration` (5s).
+    pub fn drain_pod(&mut self, i: usize) -> anyhow::Result<()> {
+        let pod = self.live_pod(i)?;
+        pod.state = PodState::Terminating;
+        // SAFETY: kill(2) on our own child's pid.
+        if unsafe { libc::kill(pod.app.pid() as i32, libc::SIGTERM) } != 0 {
+            bail!(
+                "cannot send SIGTERM to {}: {}",
+                pod.name,
+                std::io::Error::last_os_error()
+            );
+        }
+        self.publish()
+    }
+
+    /// Writes the endpoints of the pods that are [`PodState::Ready`] (and
+    /// killed ones the kubelet has not reported: none after this) to every
+    /// consumer, and waits until each running Envoy lists exactly them.
+    pub fn publish(&mut self) -> anyhow::Result<()> {
+        for pod in &mut self.pods {
+            if pod.state == PodState::Killed {
+                pod.state = PodState::Gone;
+            }
+        }
+        let sets = self.endpoint_sets();
+        self.endpoints.write_all(&sets)?;
+        for (cluster, hosts) in &sets {
+            let envoy = match cluster.kind {
+                ClusterKind::Outbound => self.client_sidecar.as_ref(),
+                ClusterKind::KubeProxy => self.kube_proxy.as_ref(),
+            };
+            if let Some(envoy) = envoy {
+                wait_for_hosts(envoy, &cluster.name, hosts)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Lines with `[critical]`/`[error]` in any Envoy log of this mesh.
+    pub fn envoy_errors(&self) -> Vec<String> {
+        let sidecars = self.pods.iter().filter_map(|p| {
+            p.sidecar
+                .as_ref()
+                .map(|e| (format!("Envoy {}.sidecar", p.name), e))
+        });
+        let others = [
+            ("Envoy client sidecar", self.client_sidecar.as_ref()),
+            ("Envoy kube-proxy", self.kube_proxy.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(name, e)| e.map(|e| (name.to_owned(), e)));
+        let mut errors = self.errors_of_the_dead.clone();
+        for (name, envoy) in sidecars.chain(others) {
+            errors.extend(
+                envoy
+                    .error_lines()
+                    .into_iter()
+                    .map(|line| format!("{name}: {line}")),
+            );
+        }
+        errors
+    }
+
+    /// The sidecar of server pod `i`'s admin address (stats, config_dump).
+    pub fn sidecar_admin(&self, i: usize) -> SocketAddr {
+        self.addrs.sidecar_admin(i)
+    }
+
+    fn live_pod(&mut self, i: usize) -> anyhow::Result<&mut Pod> {
+        let count = self.pods.len();
+        match self.pods.get_mut(i) {
+            Some(pod) if pod.state == PodState::Ready => Ok(pod),
+            Some(pod) => bail!("pod {} is {:?}, not running", pod.name, pod.state),
+            None => bail!("no pod {i}: the mesh has {count} pods"),
+        }
+    }
+
+    /// The addresses pod `i` takes.
+    fn pod_addresses(&self, i: usize) -> Vec<(SocketAddr, &'static str)> {
+        let a = self.addrs;
+        let mut needed = vec![
+            (a.app_grpc(i), "server pod gRPC"),
+            (a.app_http(i), "server pod HTTP"),
+        ];
+        if self.start.layout.sidecars.is_some() {
+            needed.push((a.sidecar_inbound(i), "server sidecar inbound"));
+            needed.push((a.sidecar_admin(i), "server sidecar admin"));
+        }
+        needed
+    }
+
+    /// Starts pod `i`'s app and (with sidecars) its sidecar; not yet ready.
+    fn spawn_pod(&mut self, i: usize) -> anyhow::Result<()> {
+        let (addrs, start) = (self.addrs, &self.start);
+        let name = pod_names("server", i + 1, start.seed).remove(i);
+        let mut command = Command::new(start.artifacts.bin("server"));
+        command
+            .arg("--grpc-addr")
+            .arg(addrs.app_grpc(i).to_string())
+            .arg("--http-addr")
+            .arg(addrs.app_http(i).to_string())
+            .args(&start.layout.server_args)
+            .env("POD_NAME", &name);
+        let log = self.dir.join(format!("{name}.server.log"));
+        let app = ChildGuard::spawn_logged(&format!("server {name}"), &mut command, &log)?;
+        let sidecar = match &start.layout.sidecars {
+            Some(policies) => {
+                let config = server_sidecar(
+                    addrs,
+                    i,
+                    &name,
+                    policies,
+                    &start.plugin,
+                    &start.artifacts.wasm,
+                )
+                .bootstrap();
+                Some(self.spawn_envoy(&format!("{name}.sidecar"), &config, Some(&name))?)
+            }
+            None => None,
+        };
+        self.pods.push(Pod {
+            name,
+            state: PodState::Ready,
+            app,
+            sidecar,
+        });
+        Ok(())
+    }
+
+    fn wait_pod_ready(&mut self, i: usize) -> anyhow::Result<()> {
+        let addr = self.addrs.app_grpc(i);
+        let pod = &mut self.pods[i];
+        pod.app.wait_listening(addr, READY_DEADLINE)?;
+        if let Some(sidecar) = &mut pod.sidecar {
+            wait_envoy_ready(sidecar, &self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// What each endpoint consumer should list now: the client sidecar's
+    /// outbound cluster (the pods' sidecars) and kube-proxy's Service ports
+    /// (the pods' apps). Killed pods stay until published away.
+    fn endpoint_sets(&self) -> Vec<(EndpointCluster, Vec<SocketAddr>)> {
+        let a = self.addrs;
+        let listed: Vec<usize> = self
+            .pods
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| matches!(p.state, PodState::Ready | PodState::Killed))
+            .map(|(i, _)| i)
+            .collect();
+        let hosts = |at: fn(&Addresses, usize) -> SocketAddr| -> Vec<SocketAddr> {
+            listed.iter().map(|&i| at(&a, i)).collect()
+        };
+        let mut sets = Vec::new();
+        if self.start.layout.sidecars.is_some() {
+            sets.push((
+                EndpointCluster {
+                    name: outbound::outbound_cluster_name(GRPC_PORT, SERVICE_HOST),
+                    kind: ClusterKind::Outbound,
+                },
+                hosts(Addresses::sidecar_inbound),
+            ));
+        }
+        if self.start.layout.l4_service {
+            sets.push((
+                EndpointCluster {
+                    name: kube_proxy::cluster_name(a.service_grpc()),
+                    kind: ClusterKind::KubeProxy,
+                },
+                hosts(Addresses::app_grpc),
+            ));
+            sets.push((
+                EndpointCluster {
+                    name: kube_proxy::cluster_name(a.service_http()),
+                    kind: ClusterKind::KubeProxy,
+                },
+                hosts(Addresses::app_http),
+            ));
+        }
+        sets
     }
 
     /// Start Envoy `name` on `config` (harness's launcher: config and log
     /// as `<name>.envoy.{json,log}` in the mesh's folder); not yet ready.
     fn spawn_envoy(
-        &mut self,
-        artifacts: &Artifacts,
+        &self,
         name: &str,
         config: &Value,
         pod_name: Option<&str>,
-    ) -> anyhow::Result<usize> {
+    ) -> anyhow::Result<Envoy> {
         let options = envoy::Options {
-            binary: Some(artifacts.envoy.clone()),
+            binary: Some(self.start.artifacts.envoy.clone()),
             log_level: "warn".into(),
             component_log_level: "wasm:info".into(),
             // istio-proxy has POD_NAME from the Downward API.
@@ -336,50 +635,124 @@ impl Mesh {
             wait_ready: false,
             ..envoy::Options::default()
         };
-        let envoy = Envoy::launch(&self.dir, &format!("{name}.envoy"), config, &options)
-            .with_context(|| format!("cannot start Envoy {name}"))?;
-        self.envoys.push((format!("Envoy {name}"), envoy));
-        Ok(self.envoys.len() - 1)
+        Envoy::launch(&self.dir, &format!("{name}.envoy"), config, &options)
+            .with_context(|| format!("cannot start Envoy {name}"))
+    }
+}
+
+const READY_DEADLINE: Duration = Duration::from_secs(20);
+/// Pod addresses are `127.<subnet>.1.<1..=250>`.
+const MAX_PODS: usize = 250;
+
+fn wait_envoy_ready(envoy: &mut Envoy, dir: &Path) -> anyhow::Result<()> {
+    let name = envoy
+        .config_path()
+        .file_stem()
+        .map(|s| s.to_string_lossy().trim_end_matches(".envoy").to_owned())
+        .unwrap_or_default();
+    match envoy.wait_ready(READY_DEADLINE) {
+        Ok(()) => Ok(()),
+        Err(harness::Error::EnvoyExited { status, .. }) => bail!(
+            "Envoy {name} rejected its config or failed to start ({status}); config and log in {}:\n{}\n\
+             fix: the config is rendered from the manifests in istio/ - correct the \
+             DestinationRule or WasmPlugin field Envoy names above (an \
+             `invalid pluginConfig` line means the WasmPlugin's pluginConfig); \
+             `envoy --mode validate -c <file>.envoy.json` from that folder reproduces it",
+            dir.display(),
+            envoy.log_tail(12)
+        ),
+        Err(_) => bail!(
+            "Envoy {name} not ready within {READY_DEADLINE:?}; log {}:\n{}",
+            envoy.log_path().display(),
+            envoy.log_tail(12)
+        ),
+    }
+}
+
+/// An EDS cluster the mesh publishes endpoints to, and which Envoy has it.
+#[derive(Clone, Debug)]
+struct EndpointCluster {
+    name: String,
+    kind: ClusterKind,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum ClusterKind {
+    /// The client sidecar's `outbound|30051||server...`.
+    Outbound,
+    /// A Service port of the L4 stand-in.
+    KubeProxy,
+}
+
+/// The endpoint files the Envoys watch (`sidecar::eds`): each write is a
+/// whole new file renamed into place, which Envoy sees as one update.
+struct EndpointFiles {
+    dir: PathBuf,
+    version: u64,
+}
+
+impl EndpointFiles {
+    fn new(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            version: 0,
+        })
     }
 
-    fn wait_envoy_ready(&mut self, index: usize, deadline: Duration) -> anyhow::Result<()> {
-        let (name, envoy) = &mut self.envoys[index];
-        match envoy.wait_ready(deadline) {
-            Ok(()) => Ok(()),
-            Err(harness::Error::EnvoyExited { status, .. }) => bail!(
-                "{name} rejected its config or failed to start ({status}); config and log in {}:\n{}\n\
-                 fix: the config is rendered from the manifests in istio/ - correct the \
-                 DestinationRule or WasmPlugin field Envoy names above (an \
-                 `invalid pluginConfig` line means the WasmPlugin's pluginConfig); \
-                 `envoy --mode validate -c <file>.envoy.json` from that folder reproduces it",
-                self.dir.display(),
-                envoy.log_tail(12)
-            ),
-            Err(_) => bail!(
-                "{name} not ready within {deadline:?}; log {}:\n{}",
-                envoy.log_path().display(),
-                envoy.log_tail(12)
-            ),
+    fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn write_all(&mut self, sets: &[(EndpointCluster, Vec<SocketAddr>)]) -> anyhow::Result<()> {
+        self.version += 1;
+        for (cluster, hosts) in sets {
+            let file = eds::assignment_file(&self.dir, &cluster.name);
+            let staged = file.with_extension("staged");
+            let body =
+                serde_json::to_vec_pretty(&eds::assignment(&cluster.name, hosts, self.version))?;
+            std::fs::write(&staged, body)
+                .with_context(|| format!("cannot write {}", staged.display()))?;
+            std::fs::rename(&staged, &file)
+                .with_context(|| format!("cannot move {} into place", file.display()))?;
         }
+        Ok(())
     }
+}
 
-    /// Lines with `[critical]`/`[error]` in any Envoy log of this mesh.
-    pub fn envoy_errors(&self) -> Vec<String> {
-        self.envoys
-            .iter()
-            .flat_map(|(name, envoy)| {
-                envoy
-                    .error_lines()
-                    .into_iter()
-                    .map(move |line| format!("{name}: {line}"))
-            })
-            .collect()
-    }
+/// How long an Envoy may take to apply an endpoint update (it takes
+/// milliseconds; the bound only keeps a refused update from hanging a run).
+const ENDPOINT_UPDATE_DEADLINE: Duration = Duration::from_secs(5);
 
-    /// The sidecar of server pod `i`'s admin address (stats, config_dump).
-    pub fn sidecar_admin(&self, i: usize) -> SocketAddr {
-        self.addrs.sidecar_admin(i)
-    }
+/// Waits until `envoy`'s admin API lists exactly `hosts` for `cluster`.
+fn wait_for_hosts(envoy: &Envoy, cluster: &str, hosts: &[SocketAddr]) -> anyhow::Result<()> {
+    let mut want = hosts.to_vec();
+    want.sort_unstable();
+    let mut last = None;
+    let applied = harness::process::wait_for(
+        &format!("the endpoints of {cluster}"),
+        ENDPOINT_UPDATE_DEADLINE,
+        Duration::from_millis(10),
+        None,
+        || {
+            let body = envoy.admin_get("/clusters?format=json").ok()?;
+            let parsed: Value = serde_json::from_str(&body).ok()?;
+            last = eds::hosts_in_admin(&parsed, cluster);
+            (last.as_ref() == Some(&want)).then_some(())
+        },
+    );
+    applied.map_err(|_| {
+        anyhow::anyhow!(
+            "Envoy {} did not apply the endpoint update of {cluster} within {:?}: it lists {:?}, \
+             the update {:?}; its log ({}):\n{}",
+            envoy.config_path().display(),
+            ENDPOINT_UPDATE_DEADLINE,
+            last,
+            want,
+            envoy.log_path().display(),
+            envoy.log_tail(8)
+        )
+    })
 }
 
 /// Fail early, with the fix, when an address the mesh needs is taken.

@@ -25,6 +25,25 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+/// A folder with an endpoint file for each of `clusters` (one pod each):
+/// Envoy validates that an EDS file source exists.
+fn endpoints_dir(label: &str, clusters: &[String]) -> std::path::PathBuf {
+    let dir = harness::paths::target_dir()
+        .join("mesh-test-endpoints")
+        .join(label);
+    std::fs::create_dir_all(&dir).unwrap();
+    for cluster in clusters {
+        let file = sidecar::eds::assignment_file(&dir, cluster);
+        let body = sidecar::eds::assignment(cluster, &[addr("127.0.0.2:15006")], 1);
+        std::fs::write(file, body.to_string()).unwrap();
+    }
+    dir
+}
+
+fn outbound_cluster() -> String {
+    sidecar::outbound::outbound_cluster_name(30051, topology::SERVICE_HOST)
+}
+
 fn our_plugin() -> WasmPluginSpec {
     manifests::wasm_plugin(&manifests::istio_dir(None)).unwrap()
 }
@@ -38,8 +57,15 @@ fn assert_sidecars_valid(name: &str, policies: &SidecarPolicies, plugin: &WasmPl
         pods: 2,
     };
     let pods = topology::pod_names("server", 2, 1);
-    let configs =
-        topology::sidecar_configs(addrs, &pods, "client-0", policies, plugin, &artifacts.wasm);
+    let configs = topology::sidecar_configs(
+        addrs,
+        &pods,
+        "client-0",
+        policies,
+        plugin,
+        &artifacts.wasm,
+        &endpoints_dir(name, &[outbound_cluster()]),
+    );
     // The wasm filter (before the router) exactly where the WasmPlugin selects.
     let http_filters = |c: &serde_json::Value| {
         c["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
@@ -80,7 +106,8 @@ fn every_rendered_config_passes_envoy_validate() {
     assert_sidecars_valid("wasm-everywhere", &SidecarPolicies::default(), &everywhere);
     let l4 = kube_proxy::l4_service(
         addr("127.0.0.1:15000"),
-        &[(addr("127.0.0.1:30051"), vec![addr("127.0.0.2:30051")])],
+        &[addr("127.0.0.1:30051")],
+        &endpoints_dir("l4", &[kube_proxy::cluster_name(addr("127.0.0.1:30051"))]),
     );
     assert_valid("mesh-l4", &l4);
 }
@@ -106,7 +133,15 @@ fn the_filter_tests_and_the_mesh_run_the_same_inbound_sidecar() {
             policies.inbound, inbound,
             "the Sidecar's pool, not the rule's"
         );
-        let configs = topology::sidecar_configs(addrs, &pods, "client-0", &policies, &plugin, wasm);
+        let configs = topology::sidecar_configs(
+            addrs,
+            &pods,
+            "client-0",
+            &policies,
+            &plugin,
+            wasm,
+            &std::env::temp_dir(),
+        );
         for (i, pod) in pods.iter().enumerate() {
             // What filter/tests/in_envoy.rs calls, with this pod's addresses.
             let rendered = sidecar::inbound::server_pod(
@@ -131,7 +166,7 @@ fn the_filter_tests_and_the_mesh_run_the_same_inbound_sidecar() {
 
 #[test]
 fn a_config_envoy_rejects_is_reported_in_envoys_words() {
-    let mut broken = kube_proxy::l4_service(addr("127.0.0.1:15000"), &[]);
+    let mut broken = kube_proxy::l4_service(addr("127.0.0.1:15000"), &[], &std::env::temp_dir());
     broken["static_resources"]["clusters"] =
         serde_json::json!([{"name": "x", "lb_policy": "NO_SUCH_POLICY"}]);
     let rejection = harness::envoy::Envoy::validate("mesh-broken", &broken)

@@ -63,4 +63,10 @@ scenario_tests! {
     reuse_rule_rolls_connections_over_at_the_limit: "reuse", 105;
     tight_pool_overflows_with_unavailable_and_keeps_going: "tight", 106;
     client_side_round_robin_opens_one_connection_per_pod: "client-rr", 107;
+    scale_out_via_l4_stays_pinned: "scale-out-l4", 111;
+    scale_out_via_sidecar_reaches_the_new_pod_at_once: "scale-out-mesh", 112;
+    scale_out_http_via_l4_reaches_the_new_pod: "scale-out-http", 113;
+    pod_loss_via_l4_fails_then_pins_to_another_pod: "pod-loss-l4", 114;
+    pod_loss_via_sidecar_fails_at_most_the_call_in_flight: "pod-loss-mesh", 115;
+    drain_via_sidecar_fails_no_call: "drain-mesh", 116;
 }

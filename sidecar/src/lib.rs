@@ -23,10 +23,12 @@
 //! comparer in `tools/istio-oracle` skips exactly these fields). None changes
 //! what the demo shows, which is per-request balancing, connection pools and
 //! circuit breakers: the same Envoy cluster code with the same fields.
-//! - Endpoints are STATIC loopback addresses (`127.<subnet>.x.y`), not EDS
-//!   (outbound) or ORIGINAL_DST/127.0.0.6-bound (inbound): one machine has
-//!   no control plane and no iptables; the load balancer sees the same set of
-//!   hosts either way.
+//! - Outbound endpoints come by EDS, as from istiod, but from a file the
+//!   Envoy watches ([`eds`]), not over ADS: one machine has no control
+//!   plane; the mesh rewrites the file as pods come and go and the running
+//!   Envoy applies it, as it applies istiod's pushes. Inbound, the app's
+//!   STATIC loopback address, not ORIGINAL_DST/127.0.0.6-bound: no iptables.
+//!   The load balancer sees the same set of hosts either way.
 //! - Sidecar ↔ sidecar is plaintext h2c, not mTLS with ALPN `istio-h2`:
 //!   there is no CA; HTTP/2 framing, streams and connection reuse are the
 //!   same, only the transport socket differs.
@@ -51,6 +53,7 @@ use serde_json::{Value, json};
 
 pub mod destination_rule;
 pub mod duration;
+pub mod eds;
 pub mod inbound;
 pub mod manifests;
 pub mod outbound;

@@ -6,9 +6,10 @@ import (
 	"testing"
 )
 
-// A client cluster as istiod renders it (EDS, mTLS) and as the local mesh
-// does (STATIC, plaintext), differing only where the test says.
-func clientCluster(maxReqPerConn int, static bool) map[string]any {
+// A client cluster as istiod renders it (EDS over ADS, mTLS) and as the
+// local mesh does (EDS from a file, plaintext), differing only where the
+// test says.
+func clientCluster(maxReqPerConn int, mesh bool) map[string]any {
 	c := map[string]any{
 		"name":            "outbound|30051||server.default.svc.cluster.local",
 		"connect_timeout": "10s",
@@ -22,12 +23,12 @@ func clientCluster(maxReqPerConn int, static bool) map[string]any {
 			"explicit_http_config":         map[string]any{"http2_protocol_options": map[string]any{}},
 		}},
 	}
-	if static {
-		c["type"] = "STATIC"
-		c["load_assignment"] = map[string]any{"cluster_name": c["name"]}
+	c["type"] = "EDS"
+	if mesh {
+		c["eds_cluster_config"] = map[string]any{"service_name": c["name"], "eds_config": map[string]any{
+			"path_config_source": map[string]any{"path": "/m/eds.json"}}}
 	} else {
-		c["type"] = "EDS"
-		c["eds_cluster_config"] = map[string]any{"service_name": c["name"]}
+		c["eds_cluster_config"] = map[string]any{"service_name": c["name"], "eds_config": map[string]any{"ads": map[string]any{}}}
 		c["transport_socket_matches"] = []any{map[string]any{"name": "tlsMode-istio"}}
 	}
 	return c

@@ -19,9 +19,9 @@ type deliberate struct {
 var deliberateDifferences = []deliberate{
 	{"absent_in_mesh", []string{"outbound|80||server.default.svc.cluster.local", "inbound|8080||"},
 		"The HTTP port (Service port 80, container port 8080): the local mesh runs no sidecar on that path; its HTTP client goes through the kube-proxy stand-in to the app, the L4 half of the demo (L4 vs L7). istiod's rendering for it is in istiod.json; if the mesh renders these clusters, they are compared like the rest."},
-	{"cluster", []string{"type", "eds_cluster_config", "load_assignment"},
-		"Endpoints: the local mesh lists the loopback addresses of the server sidecars (STATIC) where istiod sends the pod IPs by EDS. The same number of pods under the same lb_policy and pool settings (all compared): calls spread over them the same way."},
-	{"inbound_cluster", []string{"type", "lb_policy", "upstream_bind_config", "cleanup_interval", "original_dst_lb_config"},
+	{"cluster", []string{"eds_cluster_config"},
+		"Where EDS endpoints come from: istiod pushes them over ADS; the local mesh has no control plane and writes them to a file the Envoy watches (path_config_source), updated as pods come and go. Both clusters are type EDS (compared), the same pods under the same lb_policy and pool settings: calls spread over them the same way."},
+	{"inbound_cluster", []string{"type", "lb_policy", "load_assignment", "upstream_bind_config", "cleanup_interval", "original_dst_lb_config"},
 		"Inbound: istiod forwards to the original destination (ORIGINAL_DST, CLUSTER_PROVIDED, bound to 127.0.0.6 for iptables); the local mesh has no iptables and names the app's loopback port (STATIC, one endpoint). One endpoint either way: the pool settings, compared, are what count."},
 	{"cluster", []string{"transport_socket", "transport_socket_matches"},
 		"Plaintext h2c between sidecars instead of Istio mTLS (ALPN istio-h2): TLS changes no load-balancing, pooling or routing decision."},

@@ -1,10 +1,13 @@
 //! The scenarios `mesh list` shows and `mesh demo` runs, in order.
 
+use std::time::Duration;
+
 use super::{
+    Action,
     Binary::{ClientGrpc, ClientHttp},
     Calls, Client,
     ClientPath::{L4Service, PodAddresses, Sidecar},
-    Pods, Scenario, check,
+    Event, Pods, Scenario, Which, check,
 };
 
 pub const SCENARIOS: &[Scenario] = &[
@@ -24,6 +27,7 @@ pub const SCENARIOS: &[Scenario] = &[
             calls: Calls::AtLeast(30),
             interval: "0",
         },
+        events: &[],
         expected: "a new connection per call, each sent to a pod kube-proxy picks at random, so calls spread over the pods (not evenly)",
         check: check::spread_over_fresh_connections,
     },
@@ -41,6 +45,7 @@ pub const SCENARIOS: &[Scenario] = &[
             calls: Calls::Flag,
             interval: "0",
         },
+        events: &[],
         expected: "one HTTP/2 connection, balanced once: every call lands on the same pod (the problem)",
         check: check::pinned_to_one_pod,
     },
@@ -60,6 +65,7 @@ pub const SCENARIOS: &[Scenario] = &[
             calls: Calls::AtLeast(30),
             interval: "0",
         },
+        events: &[],
         expected: "the sidecar balances each request: calls spread over every pod, on one long-lived connection per pod whose request count grows",
         check: check::one_growing_connection_per_pod,
     },
@@ -77,6 +83,7 @@ pub const SCENARIOS: &[Scenario] = &[
             calls: Calls::Flag,
             interval: "0",
         },
+        events: &[],
         expected: "every response says request 1, each on a fresh connection id",
         check: check::every_answer_is_request_one,
     },
@@ -94,6 +101,7 @@ pub const SCENARIOS: &[Scenario] = &[
             calls: Calls::PastConnectionLimit,
             interval: "0",
         },
+        events: &[],
         expected: "pods rotate call by call; each connection's count climbs to 100, then a new connection starts again at 1",
         check: check::connections_roll_over_at_the_limit,
     },
@@ -118,6 +126,7 @@ pub const SCENARIOS: &[Scenario] = &[
             calls: Calls::AtLeast(24),
             interval: "100ms",
         },
+        events: &[],
         expected: "calls beyond the one allowed in flight fail fast with UNAVAILABLE (overflow); the client reports them and keeps going",
         check: check::failures_are_overflow,
     },
@@ -135,8 +144,149 @@ pub const SCENARIOS: &[Scenario] = &[
             calls: Calls::Flag,
             interval: "0",
         },
+        events: &[],
         expected: "the client opens one connection per pod and rotates calls over them",
         check: check::one_reused_connection_per_pod,
+    },
+    Scenario {
+        number: 8,
+        name: "scale-out-l4",
+        title: "scale-out: gRPC client via the L4 Service, a 4th pod added during the run",
+        path: L4Service,
+        pods: Pods::Exactly(3),
+        destination_rule: None,
+        server_args: &[],
+        client: Client {
+            binary: ClientGrpc,
+            args: &["--host", "{target}"],
+            calls: Calls::AtLeast(60),
+            interval: "50ms",
+        },
+        events: &[Event {
+            at: Duration::from_secs(1),
+            action: Action::AddPod,
+        }],
+        expected: "no call reaches the new pod: the one connection stays pinned to its pod (kube-proxy balances connections, not calls)",
+        check: check::pinned_through_the_scale_out,
+    },
+    Scenario {
+        number: 9,
+        name: "scale-out-mesh",
+        title: "scale-out: gRPC client via its sidecar, a 4th pod added during the run",
+        path: Sidecar,
+        pods: Pods::Exactly(3),
+        destination_rule: None,
+        server_args: &[],
+        client: Client {
+            binary: ClientGrpc,
+            args: &["--host", "{target}"],
+            calls: Calls::AtLeast(60),
+            interval: "50ms",
+        },
+        events: &[Event {
+            at: Duration::from_secs(1),
+            action: Action::AddPod,
+        }],
+        expected: "the sidecar gets the new endpoint by EDS and sends it calls within about a second; no call fails",
+        check: check::added_pod_gets_calls_at_once,
+    },
+    Scenario {
+        number: 10,
+        name: "scale-out-http",
+        title: "scale-out: HTTP client (no keep-alive) via the L4 Service, a 4th pod added during the run",
+        path: L4Service,
+        pods: Pods::Exactly(3),
+        destination_rule: None,
+        server_args: &[],
+        client: Client {
+            binary: ClientHttp,
+            args: &["--url", "http://{target}/pod"],
+            calls: Calls::AtLeast(60),
+            interval: "50ms",
+        },
+        events: &[Event {
+            at: Duration::from_secs(1),
+            action: Action::AddPod,
+        }],
+        expected: "a new connection per call, so kube-proxy's picks include the new pod at once",
+        check: check::added_pod_gets_new_connections,
+    },
+    Scenario {
+        number: 11,
+        name: "pod-loss-l4",
+        title: "pod loss: gRPC client via the L4 Service, the pod it is pinned to is killed",
+        path: L4Service,
+        pods: Pods::Exactly(3),
+        destination_rule: None,
+        server_args: &[],
+        client: Client {
+            binary: ClientGrpc,
+            // A call is always in flight (100 ms each), as under load.
+            args: &["--host", "{target}", "--delay", "100ms"],
+            calls: Calls::AtLeast(30),
+            interval: "0",
+        },
+        events: &[
+            Event {
+                at: Duration::from_secs(1),
+                action: Action::Kill(Which::Serving),
+            },
+            Event {
+                at: Duration::from_secs(2),
+                action: Action::Publish,
+            },
+        ],
+        expected: "the call in flight fails (UNAVAILABLE), the client reconnects through kube-proxy and is pinned again, to another pod; the failure line says how many calls failed and for how long",
+        check: check::reconnects_to_another_pod,
+    },
+    Scenario {
+        number: 12,
+        name: "pod-loss-mesh",
+        title: "pod loss: gRPC client via its sidecar, a pod it calls is killed",
+        path: Sidecar,
+        pods: Pods::Exactly(3),
+        destination_rule: None,
+        server_args: &[],
+        client: Client {
+            binary: ClientGrpc,
+            args: &["--host", "{target}", "--delay", "100ms"],
+            calls: Calls::AtLeast(30),
+            interval: "0",
+        },
+        events: &[
+            Event {
+                at: Duration::from_secs(1),
+                action: Action::Kill(Which::Serving),
+            },
+            Event {
+                at: Duration::from_secs(2),
+                action: Action::Publish,
+            },
+        ],
+        expected: "at most the call in flight on the killed pod fails; until the endpoints drop it, connect failures to it are retried on other pods (Istio's default retries)",
+        check: check::retries_hide_the_pod_loss,
+    },
+    Scenario {
+        number: 13,
+        name: "drain-mesh",
+        title: "graceful drain: gRPC client via its sidecar, a pod it calls gets SIGTERM",
+        path: Sidecar,
+        pods: Pods::Exactly(3),
+        destination_rule: None,
+        // NOT_SERVING while the endpoint update spreads, as in Kubernetes.
+        server_args: &["--drain-grace", "2s"],
+        client: Client {
+            binary: ClientGrpc,
+            args: &["--host", "{target}", "--delay", "100ms"],
+            calls: Calls::AtLeast(30),
+            interval: "0",
+        },
+        events: &[Event {
+            at: Duration::from_secs(1),
+            action: Action::Drain(Which::Serving),
+        }],
+        expected: "no call fails: the call in flight finishes on the draining pod, and once the endpoints drop it (it is NOT_SERVING) it takes no new call",
+        check: check::drains_without_failures,
     },
 ];
 

@@ -2,8 +2,12 @@
 //! A check returns the problems it found, in words a user reads after
 //! `[FAIL]`; none means the expectation held.
 
+use std::{collections::BTreeSet, time::Duration};
+
 use sidecar::destination_rule::ClusterPolicy;
 use wire::{Record, Summary};
+
+use super::events::Happened;
 
 /// What a check reads.
 #[derive(Clone, Copy, Debug)]
@@ -12,8 +16,14 @@ pub struct Evidence<'a> {
     pub summary: &'a Summary,
     /// The client's records, in order.
     pub calls: &'a [Record],
-    /// Server pods that ran.
+    /// When each record arrived, after the client started.
+    pub times: &'a [Duration],
+    /// Server pods the scenario started with.
     pub pods: usize,
+    /// Every pod that ran, in start order (pods added later last).
+    pub pod_names: &'a [String],
+    /// What was done to the pods during the run.
+    pub events: &'a [Happened],
     /// The client sidecar's outbound policy, when a DestinationRule applies.
     pub policy: Option<&'a ClusterPolicy>,
 }
@@ -172,6 +182,176 @@ pub fn one_reused_connection_per_pod(e: &Evidence) -> Vec<String> {
     problems.into()
 }
 
+/// `scale-out-l4`: the connection stays where kube-proxy put it: one pod,
+/// the added one never called.
+pub fn pinned_through_the_scale_out(e: &Evidence) -> Vec<String> {
+    let mut problems = Problems::default();
+    if let Some(added) = problems.event(e, "added") {
+        let calls = answered_by(e, added).len();
+        problems.expect(calls == 0, || {
+            format!("the added pod answered {calls} calls: the connection moved")
+        });
+    }
+    problems.0.extend(pinned_to_one_pod(e));
+    problems.into()
+}
+
+/// `scale-out-mesh`: the sidecar sees the new endpoint and balances onto it
+/// within about a second; no call fails.
+pub fn added_pod_gets_calls_at_once(e: &Evidence) -> Vec<String> {
+    let mut problems = Problems::default();
+    problems.no_errors(e.summary);
+    problems.all_tagged(e.summary);
+    problems.every_pod(e);
+    if let Some(added) = problems.event(e, "added") {
+        problems.first_call_within(e, added, ONE_SECOND);
+    }
+    problems.into()
+}
+
+/// `scale-out-http`: a connection per call, so kube-proxy's next pick can
+/// be the new pod at once.
+pub fn added_pod_gets_new_connections(e: &Evidence) -> Vec<String> {
+    let mut problems = Problems::default();
+    problems.0.extend(spread_over_fresh_connections(e));
+    if let Some(added) = problems.event(e, "added") {
+        let calls = answered_by(e, added).len();
+        problems.expect(calls > 0, || {
+            "the added pod answered no call, though every call opened a new connection".into()
+        });
+    }
+    problems.into()
+}
+
+/// `pod-loss-l4`: the pinned pod dies: the call in flight fails, the client
+/// reconnects through kube-proxy and is pinned again, to another pod.
+pub fn reconnects_to_another_pod(e: &Evidence) -> Vec<String> {
+    let mut problems = Problems::default();
+    let Some(killed) = problems.event(e, "killed") else {
+        return problems.into();
+    };
+    let pod = killed.pod.as_deref().unwrap_or_default();
+    let before: BTreeSet<&str> = pods_answering(e, |t| t < killed.at());
+    problems.expect(before.len() == 1 && before.contains(pod), || {
+        format!("before the kill, calls went to {before:?}, expected only {pod}")
+    });
+    problems.not_after(e, killed);
+    let failed_early = e
+        .calls
+        .iter()
+        .zip(e.times)
+        .filter(|(c, t)| c.call.outcome.is_err() && *t < &killed.at())
+        .count();
+    problems.expect(failed_early == 0, || {
+        format!("{failed_early} calls failed before the kill")
+    });
+    problems.expect(e.summary.errors > 0, || {
+        "no call failed, though a call was in flight on the killed pod".into()
+    });
+    // Recovered: the last call answered, and once answered again, pinned.
+    problems.expect(
+        e.calls.last().is_some_and(|c| c.call.outcome.is_ok()),
+        || "the client did not recover: its last call failed".into(),
+    );
+    let after = pods_answering(e, |t| t > killed.done());
+    problems.expect(after.len() == 1 && !after.contains(pod), || {
+        format!("after the kill, calls went to {after:?}, expected one other pod")
+    });
+    problems.into()
+}
+
+/// `pod-loss-mesh`: at most the call in flight on the killed pod fails;
+/// connect failures to it are retried on other pods (Istio's default
+/// retries) until the endpoints drop it.
+pub fn retries_hide_the_pod_loss(e: &Evidence) -> Vec<String> {
+    let mut problems = Problems::default();
+    let Some(killed) = problems.event(e, "killed") else {
+        return problems.into();
+    };
+    let errors = e.summary.errors;
+    problems.expect(errors <= 1, || {
+        format!(
+            "{errors} calls failed ({:?}); at most the one in flight may",
+            e.summary.errors_by_code
+        )
+    });
+    problems.not_after(e, killed);
+    let pod = killed.pod.as_deref().unwrap_or_default();
+    let after = pods_answering(e, |t| t > killed.done());
+    let others = e.pod_names.len() - 1;
+    problems.expect(after.len() == others && !after.contains(pod), || {
+        format!("after the kill, calls went to {after:?}, expected every other pod ({others})")
+    });
+    problems.all_tagged(e.summary);
+    problems.into()
+}
+
+/// `drain-mesh`: no call fails; once the endpoints drop the draining pod,
+/// no new call goes to it (calls already running finish there).
+pub fn drains_without_failures(e: &Evidence) -> Vec<String> {
+    let mut problems = Problems::default();
+    problems.no_errors(e.summary);
+    let Some(drained) = problems.event(e, "drained") else {
+        return problems.into();
+    };
+    let pod = drained.pod.as_deref().unwrap_or_default();
+    let started_after: Vec<u64> = e
+        .calls
+        .iter()
+        .zip(e.times)
+        .filter(|(c, t)| {
+            c.call.outcome.as_deref() == Ok(pod)
+                && t.saturating_sub(c.latency) > drained.done() + CLOCK_SLACK
+        })
+        .map(|(c, _)| c.n)
+        .collect();
+    problems.expect(started_after.is_empty(), || {
+        format!("calls {started_after:?} started on {pod} after the endpoints dropped it")
+    });
+    // Calls started after the update: one in flight at the drain ends
+    // after it, on the draining pod, as it should.
+    let others = e.pod_names.len() - 1;
+    let after: BTreeSet<&str> = e
+        .calls
+        .iter()
+        .zip(e.times)
+        .filter(|(c, t)| t.saturating_sub(c.latency) > drained.done() + CLOCK_SLACK)
+        .filter_map(|(c, _)| c.call.outcome.as_deref().ok())
+        .collect();
+    problems.expect(after.len() == others && !after.contains(pod), || {
+        format!(
+            "calls started after the drain went to {after:?}, expected every other pod ({others})"
+        )
+    });
+    problems.into()
+}
+
+/// The engine reads a call's end when the client prints it, a little after
+/// the call ended.
+const CLOCK_SLACK: Duration = Duration::from_millis(50);
+const ONE_SECOND: Duration = Duration::from_secs(1);
+
+/// Arrival times of the calls `event`'s pod answered.
+fn answered_by(e: &Evidence, event: &Happened) -> Vec<Duration> {
+    let pod = event.pod.as_deref().unwrap_or_default();
+    e.calls
+        .iter()
+        .zip(e.times)
+        .filter(|(c, _)| c.call.outcome.as_deref() == Ok(pod))
+        .map(|(_, t)| *t)
+        .collect()
+}
+
+/// The pods that answered calls arriving at times `when` accepts.
+fn pods_answering<'e>(e: &'e Evidence, when: impl Fn(Duration) -> bool) -> BTreeSet<&'e str> {
+    e.calls
+        .iter()
+        .zip(e.times)
+        .filter(|(_, t)| when(**t))
+        .filter_map(|(c, _)| c.call.outcome.as_deref().ok())
+        .collect()
+}
+
 fn connections(s: &Summary) -> u64 {
     s.connections().unwrap_or(0)
 }
@@ -189,11 +369,52 @@ impl Problems {
 
     /// Every pod served a call; returns how many did.
     fn every_pod(&mut self, e: &Evidence) -> usize {
-        let (reached, pods) = (e.summary.pods.len(), e.pods);
+        let (reached, pods) = (e.summary.pods.len(), e.pod_names.len());
         self.expect(reached == pods, || {
             format!("reached {reached} of {pods} pods")
         });
         reached
+    }
+
+    /// The scenario's first event of kind `what`; a problem if it never
+    /// happened.
+    fn event<'e>(&mut self, e: &'e Evidence, what: &str) -> Option<&'e Happened> {
+        let found = e.events.iter().find(|h| h.what == what);
+        self.expect(found.is_some(), || format!("no pod was {what}"));
+        found
+    }
+
+    /// The added pod's first call comes after it was added, within `limit`
+    /// of its endpoints being published.
+    fn first_call_within(&mut self, e: &Evidence, added: &Happened, limit: Duration) {
+        let calls = answered_by(e, added);
+        match calls.first() {
+            None => self.0.push(format!(
+                "the added pod {} answered no call",
+                added.pod.as_deref().unwrap_or_default()
+            )),
+            Some(&first) => {
+                self.expect(first >= added.at(), || {
+                    format!("the added pod answered at t={first:?}, before it was added")
+                });
+                let wait = first.saturating_sub(added.done());
+                self.expect(wait <= limit, || {
+                    format!("the added pod's first call came {wait:?} after it was published, expected within {limit:?}")
+                });
+            }
+        }
+    }
+
+    /// The pod `event` removed answers no call after it.
+    fn not_after(&mut self, e: &Evidence, event: &Happened) {
+        let pod = event.pod.as_deref().unwrap_or_default();
+        let late = answered_by(e, event)
+            .into_iter()
+            .filter(|t| *t > event.done() + CLOCK_SLACK)
+            .count();
+        self.expect(late == 0, || {
+            format!("{pod} answered {late} calls after it was {}", event.what)
+        });
     }
 
     fn no_errors(&mut self, s: &Summary) {
@@ -215,8 +436,6 @@ impl From<Problems> for Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use wire::{Call, Record, Summary};
 
     use super::*;
@@ -246,10 +465,17 @@ mod tests {
     fn problems(check: Check, records: &[Record], pods: usize) -> Vec<String> {
         let mut summary = Summary::default();
         records.iter().for_each(|r| summary.add(r));
+        let times: Vec<Duration> = (0..records.len() as u64)
+            .map(Duration::from_millis)
+            .collect();
+        let pod_names: Vec<String> = (0..pods).map(|i| format!("pod-{i}")).collect();
         check(&Evidence {
             summary: &summary,
             calls: records,
+            times: &times,
             pods,
+            pod_names: &pod_names,
+            events: &[],
             policy: None,
         })
     }

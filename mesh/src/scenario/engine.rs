@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, ExitStatus},
     sync::mpsc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
@@ -20,7 +20,11 @@ use sidecar::{
 };
 use wire::{Record, Summary};
 
-use super::{Calls, ClientPath, Pods, Scenario, check::Evidence};
+use super::{
+    Calls, ClientPath, Event, Pods, Scenario,
+    check::Evidence,
+    events::{self, Happened},
+};
 use crate::{
     report::{self, ClientOutput, LinePrinter},
     topology::{Addresses, Artifacts, GRPC_PORT, Layout, Mesh},
@@ -56,6 +60,14 @@ pub struct Outcome {
     pub summary: Summary,
     /// The client's records, in its `--json` form.
     pub calls: Vec<Record>,
+    /// What was done to the pods during the run.
+    pub events: Vec<Happened>,
+    /// Which pod served calls when (scenarios with events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<report::Timeline>,
+    /// How many calls failed, from when to when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failures: Option<report::FailureWindow>,
     pub logs: String,
 }
 
@@ -176,7 +188,7 @@ pub fn run_scenario(
     plugin: &WasmPluginSpec,
 ) -> anyhow::Result<Outcome> {
     let plan = Plan::new(scenario, options, istio_dir, plugin)?;
-    let mesh = Mesh::start(
+    let mut mesh = Mesh::start(
         artifacts,
         plan.addrs,
         &plan.layout,
@@ -195,18 +207,23 @@ pub fn run_scenario(
         );
     }
 
-    let client = run_client(&plan, &mesh, artifacts, options)?;
+    let client = run_client(&plan, &mut mesh, artifacts, options, scenario.events)?;
     let ClientOutput {
         records,
         summary,
         summarised,
     } = client.output;
-    let mut problems = (scenario.check)(&Evidence {
+    let pods = mesh.pod_names();
+    let mut problems = client.problems;
+    problems.extend((scenario.check)(&Evidence {
         summary: &summary,
         calls: &records,
+        times: &client.times,
         pods: plan.addrs.pods,
+        pod_names: &pods,
+        events: &client.events,
         policy: plan.policy.as_ref(),
-    });
+    }));
     if records.len() as u64 != plan.calls || !summarised {
         problems.push(format!(
             "the client printed {} call records{}, expected {} and its summary (exit {}; stderr in {})",
@@ -222,8 +239,17 @@ pub fn run_scenario(
         problems.push(format!("Envoy logged errors:\n{}", envoy_errors.join("\n")));
     }
     let passed = problems.is_empty();
+    let timeline = (!scenario.events.is_empty())
+        .then(|| report::Timeline::new(&records, &client.times, &pods, &client.events));
+    let failures = report::failure_window(&records, &client.times);
     if !options.quiet {
         print!("{}", report::table(&summary));
+        if let Some(timeline) = &timeline {
+            print!("{}", timeline.text());
+        }
+        if let Some(failures) = &failures {
+            println!("   {failures}");
+        }
         println!("   expected: {}", scenario.expected);
         if passed {
             println!("   [PASS]");
@@ -243,55 +269,122 @@ pub fn run_scenario(
         warnings: plan.warnings,
         summary,
         calls: records,
+        events: client.events,
+        timeline,
+        failures,
         logs: mesh.dir.display().to_string(),
     })
 }
 
-/// What the client printed, how it exited, and where its stderr is.
+/// What the client printed and when, how it exited, where its stderr is,
+/// and the events applied while it ran.
 struct ClientRun {
     output: ClientOutput,
+    /// When each record arrived, after the client started.
+    times: Vec<Duration>,
+    events: Vec<Happened>,
+    /// Events that could not be applied, or never came.
+    problems: Vec<String>,
     status: ExitStatus,
     log: PathBuf,
 }
 
-/// Run the plan's client against `mesh`, reading its records as they come
-/// and showing them (trimmed) unless quiet.
+/// Run the plan's client against `mesh`, reading its records as they come,
+/// showing them (trimmed) unless quiet, and applying `events` on time.
 fn run_client(
     plan: &Plan,
-    mesh: &Mesh,
+    mesh: &mut Mesh,
     artifacts: &Artifacts,
     options: &Options,
+    events: &[Event],
 ) -> anyhow::Result<ClientRun> {
     let binary = plan.binary;
     let log = mesh.dir.join(format!("{binary}.stderr.log"));
     let mut command = plan.client_command(artifacts);
     let mut client = ChildGuard::spawn_piped(binary, &mut command, &log)?;
+    let start = Instant::now();
     let stdout = client.take_stdout().context("client stdout")?;
     let watchdog = watchdog(client.pid(), Duration::from_secs(30 + plan.calls / 10));
-    let mut output = ClientOutput::default();
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let failed = line.is_err();
+            if lines_tx.send((start.elapsed(), line)).is_err() || failed {
+                return;
+            }
+        }
+    });
+    let mut run = ClientRun {
+        output: ClientOutput::default(),
+        times: Vec::new(),
+        events: Vec::new(),
+        problems: Vec::new(),
+        status: ExitStatus::default(),
+        log,
+    };
     let mut printer = LinePrinter::new(options.all_lines || options.quiet);
-    for line in BufReader::new(stdout).lines() {
-        let line = line.context("reading the client's output")?;
-        let is_record = output
-            .push_line(&line)
-            .with_context(|| format!("{binary}'s output (stderr in {})", log.display()))?;
-        if is_record
-            && !options.quiet
-            && let Some((record, before)) = output.records.split_last()
-        {
-            printer.offer(record, before);
+    let mut pending = events.iter();
+    let mut next = pending.next();
+    loop {
+        let received = match next {
+            Some(event) => lines.recv_timeout(event.at.saturating_sub(start.elapsed())),
+            None => lines
+                .recv()
+                .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+        };
+        match received {
+            Ok((at, line)) => {
+                let line = line.context("reading the client's output")?;
+                let is_record = run.output.push_line(&line).with_context(|| {
+                    format!("{binary}'s output (stderr in {})", run.log.display())
+                })?;
+                if is_record {
+                    run.times.push(at);
+                    if !options.quiet
+                        && let Some((record, before)) = run.output.records.split_last()
+                    {
+                        printer.offer(record, before);
+                    }
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let Some(event) = next.take() else { continue };
+                match events::apply(event, mesh, &run.output.records, start) {
+                    Ok(happened) => {
+                        if !options.quiet {
+                            printer.event(&happened.line());
+                        }
+                        run.events.push(happened);
+                        next = pending.next();
+                    }
+                    Err(e) => {
+                        // The rest of the plan cannot run on a mesh in an
+                        // unknown state; the client finishes on its own.
+                        run.problems.push(format!(
+                            "the event at t={:.2}s failed: {e:#}",
+                            event.at.as_secs_f64()
+                        ));
+                        next = None;
+                        pending = [].iter();
+                    }
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
     drop(watchdog);
-    let status = client.wait_for_exit(Duration::from_secs(5))?;
+    if let Some(event) = next {
+        run.problems.push(format!(
+            "the event at t={:.2}s never ran: the client finished at t={:.2}s (give it more --calls)",
+            event.at.as_secs_f64(),
+            start.elapsed().as_secs_f64()
+        ));
+    }
+    run.status = client.wait_for_exit(Duration::from_secs(5))?;
     if !options.quiet {
         printer.finish();
     }
-    Ok(ClientRun {
-        output,
-        status,
-        log,
-    })
+    Ok(run)
 }
 
 /// Kills `pid` unless dropped before `after`: no scenario can hang the demo.
@@ -352,6 +445,12 @@ mod tests {
             "client-grpc --host 127.10.3.1:30051 --count 306 --interval 0",
             "client-grpc --host 127.10.3.1:30051 --concurrency 4 --delay 100ms --count 24 --interval 100ms",
             "client-grpc --mode round-robin --host 127.10.1.1:30051,127.10.1.2:30051,127.10.1.3:30051 --count 12 --interval 0",
+            "client-grpc --host 127.10.2.1:30051 --count 60 --interval 50ms",
+            "client-grpc --host 127.10.3.1:30051 --count 60 --interval 50ms",
+            "client-http --url http://127.10.2.1:80/pod --count 60 --interval 50ms",
+            "client-grpc --host 127.10.2.1:30051 --delay 100ms --count 30 --interval 0",
+            "client-grpc --host 127.10.3.1:30051 --delay 100ms --count 30 --interval 0",
+            "client-grpc --host 127.10.3.1:30051 --delay 100ms --count 30 --interval 0",
         ];
         assert_eq!(SCENARIOS.len(), expected.len());
         for (s, command) in SCENARIOS.iter().zip(expected) {

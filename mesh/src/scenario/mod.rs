@@ -11,6 +11,7 @@
 pub mod catalog;
 pub mod check;
 pub mod engine;
+pub mod events;
 
 use anyhow::bail;
 use sidecar::SidecarPolicies;
@@ -39,10 +40,44 @@ pub struct Scenario {
     /// Extra flags for every server pod (after its addresses).
     pub server_args: &'static [&'static str],
     pub client: Client,
+    /// What happens to the pods while the client runs, in time order.
+    pub events: &'static [Event],
     /// What a user should see; printed under the results, and what `check`
     /// verifies.
     pub expected: &'static str,
     pub check: check::Check,
+}
+
+/// Something done to the pods `at` this long after the client started.
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    pub at: std::time::Duration,
+    pub action: Action,
+}
+
+/// What an [`Event`] does: what happens to pods in a cluster, and what
+/// Kubernetes updates after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// A new server pod (and sidecar) starts; once ready, the endpoints and
+    /// DNS list it (a scale-out).
+    AddPod,
+    /// SIGKILL to a pod's app and sidecar; the endpoints still list it until
+    /// a [`Action::Publish`] (the node lost it; the kubelet has not told).
+    Kill(Which),
+    /// SIGTERM to a pod's app (the pod is deleted): it reports NOT_SERVING
+    /// and drains; the endpoints drop it at once.
+    Drain(Which),
+    /// The endpoints and DNS catch up with the pods that run.
+    Publish,
+}
+
+/// Which pod an event acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Which {
+    /// The pod that answered the client's latest call (where its connection
+    /// is, on an L4 path).
+    Serving,
 }
 
 /// How the client app reaches the server pods.

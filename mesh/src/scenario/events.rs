@@ -1,0 +1,146 @@
+//! A scenario's events, applied to the running mesh on the client's clock,
+//! and what was done, as the run reports it (`t=1.00s added server-...`).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::Serialize;
+use wire::Record;
+
+use super::{Action, Event, Which};
+use crate::topology::{Mesh, PodState};
+
+/// An event as it happened.
+#[derive(Clone, Debug, Serialize)]
+pub struct Happened {
+    /// When it began, milliseconds after the client started.
+    pub t_ms: u64,
+    /// When the mesh had finished it (the pod ready, the Envoys listing the
+    /// new endpoints), milliseconds after the client started.
+    pub done_ms: u64,
+    /// `added`, `killed`, `drained` or `endpoints`.
+    pub what: &'static str,
+    /// The pod it acted on (none for `endpoints`).
+    pub pod: Option<String>,
+    pub detail: String,
+}
+
+impl Happened {
+    /// `t=1.00s added server-5d9c7-x7k2 (...)`, as printed in the run.
+    pub fn line(&self) -> String {
+        let pod = self
+            .pod
+            .as_deref()
+            .map(|p| format!(" {p}"))
+            .unwrap_or_default();
+        format!(
+            "t={:.2}s {}{pod} ({}; done at t={:.2}s)",
+            self.t_ms as f64 / 1000.0,
+            self.what,
+            self.detail,
+            self.done_ms as f64 / 1000.0
+        )
+    }
+
+    pub fn at(&self) -> Duration {
+        Duration::from_millis(self.t_ms)
+    }
+
+    pub fn done(&self) -> Duration {
+        Duration::from_millis(self.done_ms)
+    }
+}
+
+/// Applies `event` to `mesh`; `calls` are the client's records so far (to
+/// find the pod it is talking to), `start` the client's start.
+pub fn apply(
+    event: &Event,
+    mesh: &mut Mesh,
+    calls: &[Record],
+    start: Instant,
+) -> anyhow::Result<Happened> {
+    let began = start.elapsed();
+    let (what, pod, detail) = match event.action {
+        Action::AddPod => {
+            let i = mesh.add_pod().context("adding a pod")?;
+            let listed = listed(mesh);
+            (
+                "added",
+                Some(mesh.pods()[i].name.clone()),
+                format!(
+                    "{}; once ready, published to {}: {listed} pods",
+                    mesh.addrs.pod_ip(i),
+                    mesh.endpoint_consumers()
+                ),
+            )
+        }
+        Action::Kill(which) => {
+            let (i, name) = pick(mesh, which, calls)?;
+            mesh.kill_pod(i)
+                .with_context(|| format!("killing {name}"))?;
+            (
+                "killed",
+                Some(name),
+                "SIGKILL to its app and sidecar; the endpoints still list it".to_owned(),
+            )
+        }
+        Action::Drain(which) => {
+            let (i, name) = pick(mesh, which, calls)?;
+            mesh.drain_pod(i)
+                .with_context(|| format!("draining {name}"))?;
+            (
+                "drained",
+                Some(name),
+                format!(
+                    "SIGTERM: NOT_SERVING, finishing its calls; dropped from {}: {} pods",
+                    mesh.endpoint_consumers(),
+                    listed(mesh)
+                ),
+            )
+        }
+        Action::Publish => {
+            mesh.publish().context("updating the endpoints")?;
+            (
+                "endpoints",
+                None,
+                format!(
+                    "the kubelet reported it; {} list {} pods",
+                    mesh.endpoint_consumers(),
+                    listed(mesh)
+                ),
+            )
+        }
+    };
+    Ok(Happened {
+        t_ms: began.as_millis() as u64,
+        done_ms: start.elapsed().as_millis() as u64,
+        what,
+        pod,
+        detail,
+    })
+}
+
+/// How many pods the endpoints list now.
+fn listed(mesh: &Mesh) -> usize {
+    mesh.pods()
+        .iter()
+        .filter(|p| matches!(p.state, PodState::Ready | PodState::Killed))
+        .count()
+}
+
+/// The pod `which` names: its index and name.
+fn pick(mesh: &Mesh, which: Which, calls: &[Record]) -> anyhow::Result<(usize, String)> {
+    match which {
+        Which::Serving => {
+            let name = calls
+                .iter()
+                .rev()
+                .find_map(|r| r.call.outcome.as_ref().ok())
+                .context("no call has been answered yet, so no pod is serving the client")?;
+            let i = mesh
+                .pod_index(name)
+                .with_context(|| format!("{name} answered, but the mesh runs no such pod"))?;
+            Ok((i, name.clone()))
+        }
+    }
+}
