@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use sidecar::{inbound, manifests, outbound};
 
-use crate::topology::{self, Addresses, GRPC_PORT, SERVICE_HOST};
+use crate::topology::{self, Addresses, GRPC_PORT, HTTP_PORT, SERVICE_HOST, SERVICE_HTTP_PORT};
 
 /// The demo's pod network and name seed: a render names the same addresses
 /// a default `mesh demo` uses.
@@ -55,8 +55,9 @@ pub fn render(
         .servers
         .first()
         .context("--pods must be at least 1")?;
-    let outbound = outbound::outbound_cluster_name(GRPC_PORT, SERVICE_HOST);
-    let inbound = inbound::inbound_cluster_name(GRPC_PORT);
+    let outbound =
+        [GRPC_PORT, SERVICE_HTTP_PORT].map(|p| outbound::outbound_cluster_name(p, SERVICE_HOST));
+    let inbound = [GRPC_PORT, HTTP_PORT].map(inbound::inbound_cluster_name);
     Ok(json!({
         "experiment": experiment,
         "source": "mesh",
@@ -64,12 +65,12 @@ pub fn render(
             "listeners": resources(&configs.client, "listeners", |_| true),
             // Our HCMs carry route_config inline: no RDS resources.
             "routes": [],
-            "clusters": resources(&configs.client, "clusters", |name| name == outbound),
+            "clusters": resources(&configs.client, "clusters", |name| outbound.iter().any(|o| o == name)),
         },
         "server": {
             "listeners": resources(server, "listeners", |_| true),
             "routes": [],
-            "clusters": resources(server, "clusters", |name| name == inbound),
+            "clusters": resources(server, "clusters", |name| inbound.iter().any(|i| i == name)),
             // The wasm filter is inline in the HCM: no ECDS resources.
             "extension_configs": [],
         },
@@ -129,7 +130,9 @@ mod tests {
         assert_eq!(client_hcm["http_filters"].as_array().map(Vec::len), Some(1));
         for side in ["client", "server"] {
             assert_eq!(out[side]["routes"], json!([]), "{side}");
-            assert_eq!(out[side]["listeners"].as_array().map(Vec::len), Some(1));
+            // The gRPC port and the HTTP port (Service 80, app 8080).
+            assert_eq!(out[side]["listeners"].as_array().map(Vec::len), Some(2));
+            assert_eq!(out[side]["clusters"].as_array().map(Vec::len), Some(2));
         }
         assert_eq!(out["server"]["extension_configs"], json!([]));
     }

@@ -17,7 +17,8 @@ use harness::{
 use serde_json::Value;
 
 use sidecar::{
-    InboundPort, SidecarPolicies, eds, inbound, outbound,
+    AppProtocol, InboundPort, SidecarPolicies, eds, inbound,
+    outbound::{self, OutboundPort},
     wasm_plugin::{Side, WasmPluginSpec},
 };
 
@@ -31,6 +32,9 @@ pub const DEFAULT_SUBNET: u8 = 10;
 pub const HTTP_PORT: u16 = 8080;
 pub const SERVICE_HTTP_PORT: u16 = 80;
 pub const SIDECAR_INBOUND_PORT: u16 = 15006;
+/// The server sidecar's listener for the app's HTTP port (istiod serves all
+/// ports on 15006; without iptables a second port needs its own address).
+pub const SIDECAR_INBOUND_HTTP_PORT: u16 = 15080;
 pub const ENVOY_ADMIN_PORT: u16 = 15000;
 /// The Service's FQDN, as istiod names outbound clusters after it.
 pub const SERVICE_HOST: &str = "server.default.svc.cluster.local";
@@ -103,6 +107,15 @@ impl Addresses {
     pub fn client_sidecar(&self) -> SocketAddr {
         SocketAddr::new(self.ip(3, 1), GRPC_PORT)
     }
+    /// Where the client app dials `server:80` (its sidecar's outbound listener).
+    pub fn client_sidecar_http(&self) -> SocketAddr {
+        SocketAddr::new(self.ip(3, 1), SERVICE_HTTP_PORT)
+    }
+    /// Server pod `i`'s sidecar in front of its HTTP port (the second
+    /// inbound port gets its own listener: no iptables, see `sidecar::inbound`).
+    pub fn sidecar_inbound_http(&self, i: usize) -> SocketAddr {
+        SocketAddr::new(self.pod_ip(i), SIDECAR_INBOUND_HTTP_PORT)
+    }
     pub fn client_sidecar_admin(&self) -> SocketAddr {
         SocketAddr::new(self.ip(3, 1), ENVOY_ADMIN_PORT)
     }
@@ -145,18 +158,33 @@ pub fn sidecar_configs(
         .enumerate()
         .map(|(i, pod)| server_sidecar(addrs, i, pod, policies, plugin, wasm_file).bootstrap())
         .collect();
-    // The client side selects by Service port (30051 here too).
-    let client_wasm = plugin
-        .applies(Side::Client, GRPC_PORT)
+    // The client side selects by Service port.
+    let ports = [
+        OutboundPort {
+            listen: addrs.client_sidecar(),
+            service_port: GRPC_PORT,
+            protocol: AppProtocol::Http2,
+            endpoints: Vec::new(),
+            wasm: plugin.applies(Side::Client, GRPC_PORT),
+        },
+        OutboundPort {
+            listen: addrs.client_sidecar_http(),
+            service_port: SERVICE_HTTP_PORT,
+            protocol: AppProtocol::Http1,
+            endpoints: Vec::new(),
+            wasm: plugin.applies(Side::Client, SERVICE_HTTP_PORT),
+        },
+    ];
+    let client_wasm = ports
+        .iter()
+        .any(|p| p.wasm)
         .then(|| plugin.envoy_plugin(wasm_file).http_filter());
     let mut client = outbound::client_sidecar(
         client_pod,
         addrs.client_sidecar_admin(),
-        addrs.client_sidecar(),
         SERVICE_HOST,
-        GRPC_PORT,
+        &ports,
         &policies.outbound,
-        &[],
         client_wasm,
     );
     for cluster in client["static_resources"]["clusters"]
@@ -183,7 +211,10 @@ pub fn server_sidecar(
         pod,
         addrs.pod_ip(i),
         addrs.sidecar_admin(i),
-        vec![InboundPort::grpc(addrs.app_grpc(i)).listen(addrs.sidecar_inbound(i))],
+        vec![
+            InboundPort::grpc(addrs.app_grpc(i)).listen(addrs.sidecar_inbound(i)),
+            InboundPort::http(addrs.app_http(i)).listen(addrs.sidecar_inbound_http(i)),
+        ],
         &policies.inbound,
         plugin,
         wasm_file,
@@ -309,6 +340,10 @@ impl Mesh {
         if layout.sidecars.is_some() {
             needed.extend([
                 (addrs.client_sidecar(), "client sidecar outbound"),
+                (
+                    addrs.client_sidecar_http(),
+                    "client sidecar outbound (HTTP)",
+                ),
                 (addrs.client_sidecar_admin(), "client sidecar admin"),
             ]);
         }
@@ -519,6 +554,7 @@ impl Mesh {
         ];
         if self.start.layout.sidecars.is_some() {
             needed.push((a.sidecar_inbound(i), "server sidecar inbound"));
+            needed.push((a.sidecar_inbound_http(i), "server sidecar inbound (HTTP)"));
             needed.push((a.sidecar_admin(i), "server sidecar admin"));
         }
         needed
@@ -595,6 +631,13 @@ impl Mesh {
                     kind: ClusterKind::Outbound,
                 },
                 hosts(Addresses::sidecar_inbound),
+            ));
+            sets.push((
+                EndpointCluster {
+                    name: outbound::outbound_cluster_name(SERVICE_HTTP_PORT, SERVICE_HOST),
+                    kind: ClusterKind::Outbound,
+                },
+                hosts(Addresses::sidecar_inbound_http),
             ));
         }
         if self.start.layout.l4_service {

@@ -40,8 +40,10 @@ fn endpoints_dir(label: &str, clusters: &[String]) -> std::path::PathBuf {
     dir
 }
 
-fn outbound_cluster() -> String {
-    sidecar::outbound::outbound_cluster_name(30051, topology::SERVICE_HOST)
+fn outbound_clusters() -> Vec<String> {
+    [30051, 80]
+        .map(|port| sidecar::outbound::outbound_cluster_name(port, topology::SERVICE_HOST))
+        .to_vec()
 }
 
 fn our_plugin() -> WasmPluginSpec {
@@ -64,7 +66,7 @@ fn assert_sidecars_valid(name: &str, policies: &SidecarPolicies, plugin: &WasmPl
         policies,
         plugin,
         &artifacts.wasm,
-        &endpoints_dir(name, &[outbound_cluster()]),
+        &endpoints_dir(name, &outbound_clusters()),
     );
     // The wasm filter (before the router) exactly where the WasmPlugin selects.
     let http_filters = |c: &serde_json::Value| {
@@ -150,6 +152,8 @@ fn the_filter_tests_and_the_mesh_run_the_same_inbound_sidecar() {
                 addrs.sidecar_admin(i),
                 vec![
                     sidecar::InboundPort::grpc(addrs.app_grpc(i)).listen(addrs.sidecar_inbound(i)),
+                    sidecar::InboundPort::http(addrs.app_http(i))
+                        .listen(addrs.sidecar_inbound_http(i)),
                 ],
                 &inbound,
                 &plugin,

@@ -114,6 +114,12 @@ impl InboundPort {
         });
         if self.protocol == AppProtocol::Http2 {
             hcm["http2_protocol_options"] = json!({});
+        } else {
+            // istiod retries a request the app's connection reset before it
+            // was sent, on every inbound port but gRPC's ("does not work
+            // well for gRPC streaming": route.go BuildDefaultHTTPInboundRoute).
+            hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["retry_policy"] =
+                json!({"retry_on": "reset-before-request", "num_retries": 2});
         }
         hcm
     }

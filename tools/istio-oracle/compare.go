@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 )
 
 // The host whose client side is compared (the Service clients dial).
@@ -106,9 +105,6 @@ func compare(istiod, mesh *rendering, origins map[string]origin) ([]Difference, 
 		if p := parentKey(k); p != "" && p != k && fi[p].Value != fm[p].Value {
 			continue // the object itself differs (present on one side): said once
 		}
-		if absentInMeshOnPurpose(k, fm) {
-			continue
-		}
 		o := a.Origin
 		if o == "" {
 			o = b.Origin
@@ -126,21 +122,6 @@ func compare(istiod, mesh *rendering, origins map[string]origin) ([]Difference, 
 		return diffs[i].Field < diffs[j].Field
 	})
 	return diffs, len(keys)
-}
-
-// absentInMeshOnPurpose: the fact belongs to an object the local mesh
-// leaves out on purpose (deliberate "absent_in_mesh") and the mesh indeed
-// has none of it. If the mesh renders it, it is compared like any other.
-func absentInMeshOnPurpose(key string, mesh facts) bool {
-	p := parentKey(key)
-	if p == "" || mesh[p].Value == "yes" {
-		return false
-	}
-	name := strings.TrimSuffix(p, presentSuffix)
-	for _, prefix := range []string{"cluster ", "connection manager routing to ", "route to "} {
-		name = strings.TrimPrefix(name, prefix)
-	}
-	return isDeliberate("absent_in_mesh", name)
 }
 
 // orAbsent: a field one rendering does not have at all (its parent is

@@ -167,24 +167,6 @@ func TestMissingClusterIsReported(t *testing.T) {
 	}
 }
 
-func TestHTTPPathTheMeshLeavesOutIsSkippedOnlyWhileAbsent(t *testing.T) {
-	istiod := makeRendering(t, true, 100)
-	http := clientCluster(100, false)
-	http["name"] = "outbound|80||server.default.svc.cluster.local"
-	istiod.Client.Clusters = append(istiod.Client.Clusters, http)
-	if diffs, _ := compare(istiod, makeRendering(t, false, 100), testOrigins); len(diffs) != 0 {
-		t.Fatalf("absent in the mesh on purpose: want no differences, got:\n%s", joinDiffs(diffs))
-	}
-	mesh := makeRendering(t, false, 100)
-	meshHTTP := clientCluster(1, true)
-	meshHTTP["name"] = "outbound|80||server.default.svc.cluster.local"
-	mesh.Client.Clusters = append(mesh.Client.Clusters, meshHTTP)
-	diffs, _ := compare(istiod, mesh, testOrigins)
-	if len(diffs) != 1 || !strings.HasSuffix(diffs[0].Field, "outbound|80||server.default.svc.cluster.local max_requests_per_connection") {
-		t.Fatalf("rendered by the mesh: want it compared, got:\n%s", joinDiffs(diffs))
-	}
-}
-
 func TestWasmFilterPositionIsCompared(t *testing.T) {
 	mesh := makeRendering(t, false, 100)
 	l := mesh.Server.Listeners[0]

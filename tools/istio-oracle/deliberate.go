@@ -11,14 +11,12 @@ import "strings"
 // stamps on a response).
 
 type deliberate struct {
-	kind   string // where: absent_in_mesh, cluster, inbound_cluster, hcm, http_filter, route, route_action, wasm_env, wasm_vm
+	kind   string // where: cluster, inbound_cluster, hcm, http_filter, route, route_action, wasm_env, wasm_vm
 	fields []string
 	why    string
 }
 
 var deliberateDifferences = []deliberate{
-	{"absent_in_mesh", []string{"outbound|80||server.default.svc.cluster.local", "inbound|8080||"},
-		"The HTTP port (Service port 80, container port 8080): the local mesh runs no sidecar on that path; its HTTP client goes through the kube-proxy stand-in to the app, the L4 half of the demo (L4 vs L7). istiod's rendering for it is in istiod.json; if the mesh renders these clusters, they are compared like the rest."},
 	{"cluster", []string{"eds_cluster_config"},
 		"Where EDS endpoints come from: istiod pushes them over ADS; the local mesh has no control plane and writes them to a file the Envoy watches (path_config_source), updated as pods come and go. Both clusters are type EDS (compared), the same pods under the same lb_policy and pool settings: calls spread over them the same way."},
 	{"inbound_cluster", []string{"type", "lb_policy", "load_assignment", "upstream_bind_config", "cleanup_interval", "original_dst_lb_config"},

@@ -113,9 +113,9 @@ impl ClientPath {
                 .map(|i| addrs.app_grpc(i).to_string())
                 .collect::<Vec<_>>()
                 .join(","),
-            (Self::Sidecar | Self::PodAddresses, Binary::ClientHttp) => bail!(
-                "{} via {self:?}: the local mesh has no such route (the client sidecar \
-                 listens for gRPC only; client-http takes one URL)",
+            (Self::Sidecar, Binary::ClientHttp) => addrs.client_sidecar_http().to_string(),
+            (Self::PodAddresses, Binary::ClientHttp) => bail!(
+                "{} via {self:?}: the local mesh has no such route (client-http takes one URL)",
                 binary.name()
             ),
         })
@@ -186,10 +186,10 @@ mod tests {
                 .unwrap(),
             "127.10.1.1:30051,127.10.1.2:30051"
         );
-        let error = ClientPath::Sidecar
+        let error = ClientPath::PodAddresses
             .target(&addrs, Binary::ClientHttp)
             .unwrap_err()
             .to_string();
-        assert!(error.contains("client-http via Sidecar"), "{error}");
+        assert!(error.contains("client-http via PodAddresses"), "{error}");
     }
 }
