@@ -356,7 +356,7 @@ max-age: ## server GOAWAYs gRPC connections older than AGE (AGE=30s [GRACE=10s];
 	else \
 	  echo "watch: kubectl logs -n $(NAMESPACE) deploy/client-grpc -f   (or: make logs)"; \
 	  echo "expect: client-grpc via the L4 Service gets a GOAWAY every $(AGE): conn-requests starts again at 1, often on another pod; no failed calls$(if $(GRACE), (a call still running $(GRACE) after the GOAWAY is cut))"; \
-	  echo "        (a lone 'error: Cancelled' right at a reconnect is the tonic client racing the GOAWAY: docs/server.md)"; \
+	  echo "        (a lone 'error: CANCELLED operation was canceled' right at a reconnect is the tonic client racing the GOAWAY: docs/server.md)"; \
 	fi
 
 scale: ## scale the server Deployment to REPLICAS pods, wait, say what to watch

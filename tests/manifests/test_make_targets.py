@@ -397,9 +397,9 @@ def test_kill_pod_deletes_the_pod_of_the_last_answered_call(fakes, tmp_path):
     logs.write_text(
         "#1: server-7d9f8-abcde conn-requests=1\n"
         "#2: server-7d9f8-abcde conn-requests=2 x-upstream-pod=server-7d9f8-abcde\n"
-        "#3: error: Unavailable connection refused\n"
+        "#3: error: UNAVAILABLE connection refused\n"
         "#4: server-7d9f8-xyz12 conn-requests=1\n"
-        "#5: error: Cancelled operation was canceled\n"
+        "#5: error: CANCELLED operation was canceled\n"
     )
     proc, calls = fakes("kill-pod", FAKE_LOGS=str(logs))
     assert proc.returncode == 0, proc.stderr
@@ -410,7 +410,7 @@ def test_kill_pod_deletes_the_pod_of_the_last_answered_call(fakes, tmp_path):
     assert "watch: " in proc.stdout and "expect: server-7d9f8-xyz12 drains" in proc.stdout
 
 
-@pytest.mark.parametrize("lines", ["", "#1: error: Unavailable connection refused\n", "client-grpc starting\n"])
+@pytest.mark.parametrize("lines", ["", "#1: error: UNAVAILABLE connection refused\n", "client-grpc starting\n"])
 def test_kill_pod_without_an_answered_call_is_one_clear_line(fakes, tmp_path, lines):
     logs = tmp_path / "client-grpc.log"
     logs.write_text(lines)
