@@ -206,7 +206,8 @@ SET_IMAGES   = sed -e 's|localhost/grpc-lb/\([a-z0-9-]*\):latest|$(HUB)/\1:$(TAG
 
 .PHONY: images docker-build images-static images-docker musl-binaries push kube-manifests \
 	kube-deploy kube-delete istio-inject wasm-deploy dr-reuse dr-one-per-conn dr-tight \
-	dr-delete logs grpcurl need-kubectl need-cluster need-istio need-istioctl need-builder need-registry
+	dr-delete logs grpcurl need-kubectl need-cluster need-istio need-istioctl need-builder need-registry \
+	max-age scale kill-pod
 
 images: ## build server, client and wasm plugin images: buildah, or docker if a daemon answers (alias: docker-build)
 	@case "$(BUILDER)" in \
@@ -316,6 +317,69 @@ logs: need-cluster ## recent log lines of every client (LOGS_ARGS=--tail=20)
 	  echo "+ $(KUBECTL) logs -n $(NAMESPACE) deployment/$$d -c $$d $(LOGS_ARGS)"; \
 	  $(KUBECTL) logs -n $(NAMESPACE) deployment/$$d -c $$d $(LOGS_ARGS) || exit 1; \
 	done
+
+# ---- pods come and go (issue 12; docs/cluster.md) ----
+# Inputs are checked before kubectl is called. A duration is what the server
+# flags take, in the plain form (30s, 500ms, 1m30s); 0 is not a duration here.
+AGE      ?=
+GRACE    ?=
+REPLICAS ?=
+# The server container's args in istio/base (tests/manifests checks they
+# match): max-age replaces the list, so these come first, then the age flags.
+SERVER_ARGS    := --grpc-addr=0.0.0.0:30051 --http-addr=0.0.0.0:8080
+MAX_AGE_PATCH  := $(KUBE_OUT)/max-age-patch.json
+KILL_POD_LINES := 50
+is-duration = { printf '%s' "$(1)" | grep -Eqx '([0-9]+(ms|s|m|h))+' && printf '%s' "$(1)" | grep -Eq '[1-9]'; }
+# "a","b",...: a JSON array's items (args have no quotes or spaces).
+json-args   = $(subst $(space),$(comma),$(strip $(foreach a,$(1),"$(a)")))
+empty :=
+space := $(empty) $(empty)
+comma := ,
+
+max-age: ## server GOAWAYs gRPC connections older than AGE (AGE=30s [GRACE=10s]; AGE=off removes it)
+	@case "$(AGE)" in \
+	  off) [ -z "$(GRACE)" ] || { echo "error: GRACE=$(GRACE) with AGE=off: the grace counts from the age — fix: make max-age AGE=off (no GRACE)" >&2; exit 1; } ;; \
+	  "") [ -z "$(GRACE)" ] || { echo "error: GRACE=$(GRACE) needs AGE: the grace counts from the age — fix: make max-age AGE=30s GRACE=$(GRACE)" >&2; exit 1; }; \
+	      echo "error: AGE is missing — fix: make max-age AGE=30s (optional GRACE=10s), or AGE=off to remove it" >&2; exit 1 ;; \
+	  *) $(call is-duration,$(AGE)) || { echo "error: AGE=$(AGE) is not a duration above 0 — fix: make max-age AGE=30s (or 500ms, 1m30s; AGE=off to remove it)" >&2; exit 1; } ;; \
+	esac
+	@[ -z "$(GRACE)" ] || $(call is-duration,$(GRACE)) || { echo "error: GRACE=$(GRACE) is not a duration above 0 — fix: make max-age AGE=$(AGE) GRACE=10s, or leave GRACE out to let calls run as long as they take" >&2; exit 1; }
+	@$(MAKE) --no-print-directory need-cluster
+	@mkdir -p $(KUBE_OUT)
+	@printf '%s\n' '{"spec":{"template":{"spec":{"containers":[{"name":"server","args":[$(call json-args,$(SERVER_ARGS) $(if $(filter off,$(AGE)),,--max-connection-age=$(AGE) $(if $(GRACE),--max-connection-age-grace=$(GRACE))))]}]}}}}' > $(MAX_AGE_PATCH)
+	@echo "+ $(KUBECTL) patch -n $(NAMESPACE) deployment/server --type=strategic --patch-file $(MAX_AGE_PATCH)   # $$(cat $(MAX_AGE_PATCH))"
+	@$(KUBECTL) patch -n $(NAMESPACE) deployment/server --type=strategic --patch-file $(MAX_AGE_PATCH)
+	$(KUBECTL) rollout status -n $(NAMESPACE) deployment/server --timeout=180s
+	@if [ "$(AGE)" = off ]; then \
+	  echo "max-age: off. watch: kubectl logs -n $(NAMESPACE) deploy/client-grpc -f"; \
+	  echo "expect: client-grpc (no sidecar) stays on one pod again: conn-requests keeps growing"; \
+	else \
+	  echo "watch: kubectl logs -n $(NAMESPACE) deploy/client-grpc -f   (or: make logs)"; \
+	  echo "expect: client-grpc via the L4 Service gets a GOAWAY every $(AGE): conn-requests starts again at 1, often on another pod; no failed calls$(if $(GRACE), (a call still running $(GRACE) after the GOAWAY is cut))"; \
+	  echo "        (a lone 'error: CANCELLED operation was canceled' right at a reconnect is the tonic client racing the GOAWAY: docs/server.md)"; \
+	fi
+
+scale: ## scale the server Deployment to REPLICAS pods, wait, say what to watch
+	@printf '%s' "$(REPLICAS)" | grep -Eqx '[1-9][0-9]{0,2}' || { echo "error: REPLICAS=$(REPLICAS) is not a pod count from 1 to 999 — fix: make scale REPLICAS=5" >&2; exit 1; }
+	@$(MAKE) --no-print-directory need-cluster
+	$(KUBECTL) scale -n $(NAMESPACE) deployment/server --replicas=$(REPLICAS)
+	$(KUBECTL) rollout status -n $(NAMESPACE) deployment/server --timeout=180s
+	$(KUBECTL) get pods -n $(NAMESPACE) -l app=server -o wide
+	@echo "watch: make logs   (or: kubectl logs -n $(NAMESPACE) deploy/client-grpc -f)"
+	@echo "expect: client-grpc without a sidecar stays pinned to its pod (one connection; make max-age AGE=30s moves it);"
+	@echo "        with the sidecar, new pods get calls within about a second;"
+	@echo "        client-grpc-headless (round robin) picks them up at its next DNS re-resolution (--resolve-every, 5s)"
+
+kill-pod: need-cluster ## delete the server pod client-grpc is pinned to (from its last log lines), say what to watch
+	@echo "+ $(KUBECTL) logs -n $(NAMESPACE) deployment/client-grpc -c client-grpc --tail=$(KILL_POD_LINES)"
+	@pod=$$($(KUBECTL) logs -n $(NAMESPACE) deployment/client-grpc -c client-grpc --tail=$(KILL_POD_LINES) | \
+	  awk '$$1 ~ /^#[0-9]+:$$/ && $$2 != "error:" { pod = $$2 } END { print pod }'); \
+	printf '%s' "$$pod" | grep -Eqx '[a-z0-9]([-a-z0-9.]*[a-z0-9])?' || { echo "error: no answered call in client-grpc's last $(KILL_POD_LINES) log lines (lines like '#12: server-7d9f8-abcde ...') — fix: make kube-deploy, wait a few seconds, check make logs" >&2; exit 1; }; \
+	echo "+ $(KUBECTL) delete pod -n $(NAMESPACE) $$pod --wait=false"; \
+	$(KUBECTL) delete pod -n $(NAMESPACE) "$$pod" --wait=false || exit 1; \
+	echo "watch: kubectl logs -n $(NAMESPACE) deploy/client-grpc -f   and   kubectl get pods -n $(NAMESPACE) -l app=server -w"; \
+	echo "expect: $$pod drains (NOT_SERVING for DRAIN_GRACE, 5s), then sends GOAWAY; client-grpc reconnects through the Service,"; \
+	echo "        conn-requests starts again at 1 on another pod; the Deployment starts a replacement pod"
 
 grpcurl: ## call getInfo through the ingress gateway, showing the x-upstream-* headers (INGRESS=host:port)
 	@ingress="$(INGRESS)"; \

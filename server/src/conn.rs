@@ -1,7 +1,8 @@
 //! Per-connection facts and limits: each accepted TCP connection gets one
 //! `ConnInfo` that lives exactly as long as the connection, so "requests on
 //! this connection" needs no global map and no cleanup. The same wrapper
-//! enforces the connection timeouts and the drain's final cut, for both ports.
+//! enforces the connection timeouts and the drain's final cut, for both ports,
+//! and the end of a gRPC connection's max-age grace.
 
 use std::{
     future::Future,
@@ -122,13 +123,16 @@ impl Drop for InFlight {
 }
 
 /// A TCP stream that carries its `ConnInfo` into request extensions and
-/// closes itself when a timeout passes with no request in flight, or when the
-/// server cuts every connection at the end of a drain.
+/// closes itself when a timeout passes with no request in flight, when its
+/// maximum lifetime passes (requests in flight or not), or when the server
+/// cuts every connection at the end of a drain.
 pub struct TrackedStream {
     inner: TcpStream,
     info: ConnInfo,
     timeouts: ConnTimeouts,
     timer: Pin<Box<Sleep>>,
+    /// Max connection age + grace: by then the GOAWAY'd calls had their time.
+    lifetime: Option<Pin<Box<Sleep>>>,
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
@@ -137,6 +141,7 @@ impl TrackedStream {
         inner: TcpStream,
         peer: SocketAddr,
         timeouts: ConnTimeouts,
+        max_lifetime: Option<Duration>,
         cut: &CancellationToken,
     ) -> io::Result<Self> {
         // Echo calls are tiny request/response pairs: don't let Nagle hold them.
@@ -147,6 +152,8 @@ impl TrackedStream {
             timer: Box::pin(tokio::time::sleep_until(
                 info.activity.opened + timeouts.header,
             )),
+            lifetime: max_lifetime
+                .map(|life| Box::pin(tokio::time::sleep_until(info.activity.opened + life))),
             info,
             timeouts,
             cut: Box::pin(cut.clone().cancelled_owned()),
@@ -165,6 +172,15 @@ impl TrackedStream {
             return Poll::Ready(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 "drain timeout: connection cut",
+            ));
+        }
+        if let Some(lifetime) = &mut self.lifetime
+            && lifetime.as_mut().poll(cx).is_ready()
+        {
+            log::debug!("{}: max connection age grace over, closing", self.info.peer);
+            return Poll::Ready(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "max connection age grace over",
             ));
         }
         loop {
@@ -254,6 +270,7 @@ pub struct Acceptor {
     name: &'static str,
     listener: TcpListener,
     timeouts: ConnTimeouts,
+    max_lifetime: Option<Duration>,
     cut: CancellationToken,
     /// Failed accepts in the current episode.
     failures: u64,
@@ -274,10 +291,18 @@ impl Acceptor {
             name,
             listener,
             timeouts,
+            max_lifetime: None,
             cut,
             failures: 0,
             backoff: MIN_BACKOFF,
         }
+    }
+
+    /// Every connection this accepts closes itself this long after it was
+    /// accepted, requests in flight or not. `None`: no limit.
+    pub fn with_max_lifetime(mut self, max_lifetime: Option<Duration>) -> Self {
+        self.max_lifetime = max_lifetime;
+        self
     }
 
     pub async fn accept(&mut self) -> (TrackedStream, SocketAddr) {
@@ -293,7 +318,13 @@ impl Acceptor {
                         self.failures = 0;
                         self.backoff = MIN_BACKOFF;
                     }
-                    match TrackedStream::new(stream, peer, self.timeouts, &self.cut) {
+                    match TrackedStream::new(
+                        stream,
+                        peer,
+                        self.timeouts,
+                        self.max_lifetime,
+                        &self.cut,
+                    ) {
                         Ok(stream) => return (stream, peer),
                         // The peer left already.
                         Err(e) => log::debug!("{}: dropping {peer}: {e}", self.name),

@@ -37,6 +37,17 @@ struct Args {
     /// this long.
     #[arg(long, env = "IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
+    /// gRPC port only (HTTP is not affected): send GOAWAY on a connection
+    /// this old, e.g. 30s; its calls in flight finish, the client's next call
+    /// opens a new connection, which an L4 balancer may send to another pod.
+    /// Exactly this age, no jitter (grpc-go adds ±10%). [default: no limit]
+    #[arg(long, env = "MAX_CONNECTION_AGE", value_parser = humantime::parse_duration)]
+    max_connection_age: Option<Duration>,
+    /// Then: how long calls still running get before the connection is
+    /// closed under them (they fail). Needs --max-connection-age. [default:
+    /// as long as they take, at most --call-timeout]
+    #[arg(long, env = "MAX_CONNECTION_AGE_GRACE", value_parser = humantime::parse_duration)]
+    max_connection_age_grace: Option<Duration>,
 }
 
 fn hostname() -> String {
@@ -68,6 +79,8 @@ async fn main() -> ExitCode {
             header: args.header_timeout,
             idle: args.idle_timeout,
         },
+        max_connection_age: args.max_connection_age,
+        max_connection_age_grace: args.max_connection_age_grace,
     };
     if let Err(e) = config.check() {
         // EX_USAGE, as for any other bad flag.

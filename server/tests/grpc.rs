@@ -342,3 +342,200 @@ async fn garbage_bytes_on_the_grpc_port_do_not_hurt_the_server() {
         .await;
     assert_eq!(ok.unwrap().into_inner().name, "p");
 }
+
+// ---- max connection age (issue 12) -------------------------------------------
+
+fn with_age(age_ms: u64, grace_ms: Option<u64>) -> server::Config {
+    let mut config = server::Config::local("p");
+    config.max_connection_age = Some(Duration::from_millis(age_ms));
+    config.max_connection_age_grace = grace_ms.map(Duration::from_millis);
+    config
+}
+
+/// What a tonic client sees of a GOAWAY: hyper's HTTP/2 client notices it
+/// only when the next call is handed over, and fails that call with CANCELLED
+/// "operation was canceled" (connection closed) without sending it
+/// (hyperium/hyper#2500); the call after it opens a new connection.
+fn is_unsent_at_goaway(status: &tonic::Status) -> bool {
+    status.code() == Code::Cancelled && status.message() == "operation was canceled"
+}
+
+/// One Channel calling back to back for 2s against a 300ms age: the server's
+/// GOAWAYs move it to a new connection several times, and every call the
+/// server received was answered. A call tonic cancels unsent at a GOAWAY
+/// (rare with one call at a time: a race) succeeds when made again.
+#[tokio::test]
+async fn max_age_moves_a_busy_channel_to_new_connections_without_losing_calls() {
+    let server = start(with_age(300, Some(2000))).await;
+    let mut client = PodClient::new(server.channel().await);
+    let started = tokio::time::Instant::now();
+    let mut seen: Vec<(String, u64)> = Vec::new();
+    let mut unsent = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        let n = seen.len() + 1;
+        let r = match client.get_info(InfoRequest::default()).await {
+            Ok(r) => r,
+            Err(e) if is_unsent_at_goaway(&e) => {
+                unsent += 1;
+                client
+                    .get_info(InfoRequest::default())
+                    .await
+                    .unwrap_or_else(|e| panic!("call #{n} failed again: {e:?}"))
+            }
+            Err(e) => panic!("call #{n} failed: {e:?}"),
+        }
+        .into_inner();
+        seen.push((r.peer, r.connection_requests));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut peers: Vec<&str> = seen.iter().map(|(p, _)| p.as_str()).collect();
+    peers.dedup();
+    // ~6 ages fit in 2s; 3 leaves room for a slow machine.
+    assert!(
+        peers.len() >= 3,
+        "{} calls on {} connections: {peers:?}",
+        seen.len(),
+        peers.len()
+    );
+    // Each connection was used for one run of calls numbered 1, 2, 3, ... by
+    // the server: no call reached the server and went unanswered, and the
+    // channel never went back to an old connection.
+    for (i, (peer, count)) in seen.iter().enumerate() {
+        let expected = match i.checked_sub(1).map(|j| &seen[j]) {
+            Some((prev_peer, prev)) if prev_peer == peer => prev + 1,
+            _ => 1,
+        };
+        assert_eq!(*count, expected, "call #{}: {seen:?}", i + 1);
+    }
+    assert!(
+        unsent < peers.len(),
+        "{unsent} calls cancelled for {} connections",
+        peers.len()
+    );
+}
+
+/// A call held past the age completes on its old connection, while calls
+/// made after the age go to a new one: the GOAWAY came at the age, the close
+/// waits for the call. With and without a grace.
+#[tokio::test]
+async fn a_call_in_flight_at_the_age_completes_while_new_calls_use_a_new_connection() {
+    for grace in [Some(3000), None] {
+        let server = start(with_age(300, grace)).await;
+        let channel = server.channel().await;
+        let mut held = PodClient::new(channel.clone());
+        let in_flight =
+            tokio::spawn(async move { held.get_info(InfoRequest { delay_ms: 1200 }).await });
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(!in_flight.is_finished(), "grace {grace:?}: ended early");
+        let mut client = PodClient::new(channel);
+        let after_age = match client.get_info(InfoRequest::default()).await {
+            Ok(r) => r,
+            // With a stream open on the GOAWAY'd connection, tonic hands it
+            // the next call, and cancels it (see is_unsent_at_goaway).
+            Err(e) if is_unsent_at_goaway(&e) => client
+                .get_info(InfoRequest::default())
+                .await
+                .unwrap_or_else(|e| panic!("grace {grace:?}: second call after the age: {e:?}")),
+            Err(e) => panic!("grace {grace:?}: call after the age failed: {e:?}"),
+        }
+        .into_inner();
+        assert!(
+            !in_flight.is_finished(),
+            "grace {grace:?}: the held call ended before the new connection was used"
+        );
+        let held = in_flight
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("grace {grace:?}: the held call failed: {e:?}"))
+            .into_inner();
+        assert_eq!(held.connection_requests, 1, "grace {grace:?}");
+        assert_ne!(
+            after_age.peer, held.peer,
+            "grace {grace:?}: the call after the age went to the old connection"
+        );
+        assert_eq!(after_age.connection_requests, 1, "grace {grace:?}");
+    }
+}
+
+/// After age + grace the connection is closed under a call still running.
+#[tokio::test]
+async fn a_call_outlasting_the_grace_is_cut_at_age_plus_grace() {
+    let server = start(with_age(300, Some(300))).await;
+    let channel = server.channel().await;
+    let started = tokio::time::Instant::now();
+    let cut = PodClient::new(channel.clone())
+        .get_info(InfoRequest { delay_ms: 5000 })
+        .await;
+    let after = started.elapsed();
+    let status = cut.expect_err("a 5s call outlived a 300ms age + 300ms grace");
+    assert!(
+        after >= Duration::from_millis(550) && after < Duration::from_secs(3),
+        "cut after {after:?} ({status:?}), expected ~600ms"
+    );
+    // The channel reconnects for the next call.
+    let next = PodClient::new(channel)
+        .get_info(InfoRequest::default())
+        .await
+        .expect("a call after the cut");
+    assert_eq!(next.into_inner().connection_requests, 1);
+}
+
+/// Bad values exit 64 (EX_USAGE) with one message that says what to do,
+/// before anything listens.
+#[tokio::test]
+async fn bad_max_age_flags_exit_64_with_a_clear_message() {
+    struct Case {
+        args: &'static [&'static str],
+        env: Option<(&'static str, &'static str)>,
+        expected: &'static [&'static str],
+    }
+    let cases = [
+        Case {
+            args: &["--max-connection-age=0"],
+            env: None,
+            expected: &["--max-connection-age must be greater than 0", "omit it"],
+        },
+        Case {
+            args: &[],
+            env: Some(("MAX_CONNECTION_AGE", "0s")),
+            expected: &["--max-connection-age must be greater than 0"],
+        },
+        Case {
+            args: &["--max-connection-age-grace=5s"],
+            env: None,
+            expected: &["--max-connection-age-grace needs --max-connection-age"],
+        },
+        Case {
+            args: &["--max-connection-age=1s", "--max-connection-age-grace=0"],
+            env: None,
+            expected: &["--max-connection-age-grace must be greater than 0"],
+        },
+    ];
+    for Case {
+        args,
+        env,
+        expected,
+    } in cases
+    {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_server"));
+        command
+            .args(["--grpc-addr=127.0.0.1:0", "--http-addr=127.0.0.1:0"])
+            .args(args)
+            .env_remove("MAX_CONNECTION_AGE")
+            .env_remove("MAX_CONNECTION_AGE_GRACE")
+            .envs(env)
+            .kill_on_drop(true);
+        // A server that wrongly starts is killed (kill_on_drop), not waited on.
+        let out = tokio::time::timeout(Duration::from_secs(10), command.output())
+            .await
+            .unwrap_or_else(|_| panic!("{args:?} {env:?}: still running after 10s"))
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?} {env:?}: {stderr}");
+        assert!(stderr.starts_with("server: "), "{args:?}: {stderr}");
+        for fragment in expected {
+            assert!(stderr.contains(fragment), "{args:?} {env:?}: {stderr}");
+        }
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+    }
+}

@@ -191,3 +191,37 @@ async fn real_server_counts_requests_per_connection_and_echoes() {
         .unwrap()
         .unwrap();
 }
+
+/// The max connection age is the gRPC port's: a keep-alive HTTP connection
+/// outlives age + grace.
+#[tokio::test]
+async fn max_connection_age_leaves_the_http_port_alone() {
+    let mut config = server::Config::local("server-abc");
+    config.max_connection_age = Some(Duration::from_millis(200));
+    config.max_connection_age_grace = Some(Duration::from_millis(200));
+    let server = server::Server::bind(config).await.unwrap();
+    let addr = server.http_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(async {
+        let _ = stopped.await;
+    }));
+
+    let mut conn = http1(addr).await;
+    let mut counts = Vec::new();
+    for _ in 0..3 {
+        let response = get_pod(&mut conn, &[]).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        counts.push(response.headers()[proto::SERVER_CONNECTION_REQUESTS_HEADER].clone());
+        response.into_body().collect().await.unwrap();
+        // 3 x 300ms: well past age + grace by the last request.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(counts, ["1", "2", "3"], "one connection throughout");
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

@@ -5,14 +5,17 @@ forward `kubectl kustomize` to the real kubectl; a missing tool and an
 unreachable API server are real.
 """
 
+import json
 import os
+import re
 import stat
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
 
-from manifest_lib import ISTIO, ROOT, kubectl, kustomize
+from manifest_lib import ISTIO, KUBE_VERSIONS, ROOT, Server, find, kubectl, kubernetes_validate, kustomize
 
 FAKE = """#!/bin/sh
 # Recording stand-in for {tool}: one line per call in $FAKE_LOG.
@@ -20,6 +23,7 @@ echo "{tool} $*" >> "$FAKE_LOG"
 case "$1" in
   kustomize) exec "$REAL_KUBECTL" "$@" ;;
   get) [ "$2 $3" = "crd wasmplugins.extensions.istio.io" ] && [ -n "$FAKE_NO_ISTIO" ] && exit 1 ;;
+  logs) [ -n "$FAKE_LOGS" ] && cat "$FAKE_LOGS" ;;
   kube-inject) shift; while [ $# -gt 0 ]; do case "$1" in -f) in=$2; shift;; -o) out=$2; shift;; esac; shift; done
                { echo "# injected"; cat "$in"; } > "$out" ;;
 esac
@@ -244,3 +248,172 @@ def test_push_refuses_local_only_names(fakes):
 def test_unknown_builder_is_one_clear_line(fakes):
     proc, _ = fakes("images", "BUILDER=podmanx")
     _one_error_line(proc, "BUILDER=podmanx is not supported")
+
+
+# ---- pods come and go: max-age, scale, kill-pod ---------------------------------
+
+SERVER_ROLLOUT = "kubectl rollout status -n default deployment/server --timeout=180s"
+MAX_AGE_PATCH = ROOT / "target/kube/max-age-patch.json"
+
+
+@pytest.fixture(scope="module")
+def server_bin():
+    """The real server binary (built here if missing or stale: cargo is quick when it is not)."""
+    cargo = os.environ.get("CARGO", "cargo")
+    build = [cargo, "build", "-q", "-p", "server", "--bin", "server"]
+    proc = subprocess.run(build, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    if not target.is_absolute():
+        target = ROOT / target
+    return str(target / "debug" / "server")
+
+
+def _server_container(deploy):
+    (container,) = [c for c in deploy["spec"]["template"]["spec"]["containers"] if c["name"] == "server"]
+    return container
+
+
+def _apply_patch_locally(deploy, tmp_path):
+    """What the API server does with the patch max-age sent: kubectl's own strategic merge, offline."""
+    source = tmp_path / "server-deployment.yaml"
+    source.write_text(yaml.safe_dump(deploy))
+    proc = subprocess.run(
+        [kubectl(), "patch", "--local", "-f", str(source), "--type=strategic"]
+        + ["--patch-file", str(MAX_AGE_PATCH), "-o", "yaml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "KUBECONFIG": str(tmp_path / "no-kubeconfig")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    return yaml.safe_load(proc.stdout)
+
+
+@pytest.mark.parametrize(
+    "settings,added,startup",
+    [
+        (
+            ["AGE=30s", "GRACE=10s"],
+            ["--max-connection-age=30s", "--max-connection-age-grace=10s"],
+            "gRPC connections: GOAWAY at age 30s, closed 10s later",
+        ),
+        (
+            ["AGE=1m30s"],
+            ["--max-connection-age=1m30s"],
+            "gRPC connections: GOAWAY at age 1m 30s, calls then run as long as they take",
+        ),
+        (["AGE=off"], [], "gRPC connections: no max age"),
+    ],
+)
+def test_max_age_patches_the_server_args_then_waits(fakes, tmp_path, server_bin, settings, added, startup):
+    MAX_AGE_PATCH.unlink(missing_ok=True)
+    proc, calls = fakes("max-age", *settings)
+    assert proc.returncode == 0, proc.stderr
+    assert verbs(calls) == [
+        "kubectl patch -n default deployment/server --type=strategic --patch-file target/kube/max-age-patch.json",
+        SERVER_ROLLOUT,
+    ]
+    assert calls[0][1] == "version"  # the cluster was checked first
+    assert "watch: " in proc.stdout and "expect: " in proc.stdout
+
+    # The Deployment the patch yields: istio/base's, with only the server
+    # args changed (AGE=off: back to exactly istio/base's), and valid.
+    base = find(kustomize(ISTIO / "base"), "Deployment", "server")
+    patched = _apply_patch_locally(base, tmp_path)
+    base_args = _server_container(base)["args"]
+    assert _server_container(patched)["args"] == base_args + added
+    _server_container(patched)["args"] = base_args
+    assert patched == base
+    _server_container(patched)["args"] = base_args + added
+    validated = kubernetes_validate([patched], KUBE_VERSIONS[-1], f"max-age-{settings[0]}")
+    assert validated.returncode == 0, validated.stdout + validated.stderr
+
+    # The server binary takes those args and means what the target says
+    # (listening on loopback ephemeral ports instead of the pod's).
+    local = [
+        {"--grpc-addr": "--grpc-addr=127.0.0.1:0", "--http-addr": "--http-addr=127.0.0.1:0"}.get(a.split("=")[0], a)
+        for a in base_args + added
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAX_CONNECTION_AGE")}
+    with Server(server_bin, [*local, "--pod-name=p"], {**env, "RUST_LOG": "info"}, f"max-age-{settings[0]}") as server:
+        assert startup in server.log(), server.log()
+
+
+def test_the_commented_max_age_example_in_istio_base_is_what_max_age_sets(fakes):
+    # server.yaml shows the flags commented out; uncommented they must be
+    # the args `make max-age AGE=30s GRACE=10s` adds.
+    commented = re.findall(r"^\s*# - (--max-connection-age\S*)$", (ISTIO / "base/server.yaml").read_text(), re.M)
+    proc, _ = fakes("max-age", "AGE=30s", "GRACE=10s")
+    assert proc.returncode == 0, proc.stderr
+    patch = json.loads(MAX_AGE_PATCH.read_text())
+    (container,) = patch["spec"]["template"]["spec"]["containers"]
+    assert commented == [a for a in container["args"] if a.startswith("--max-connection-age")]
+    assert commented == ["--max-connection-age=30s", "--max-connection-age-grace=10s"]
+
+
+@pytest.mark.parametrize(
+    "settings,complaint",
+    [
+        ([], "AGE is missing"),
+        (["AGE=0"], "AGE=0 is not a duration above 0"),
+        (["AGE=0s"], "AGE=0s is not a duration above 0"),
+        (["AGE=30"], "AGE=30 is not a duration above 0"),
+        (["AGE=soon"], "AGE=soon is not a duration above 0"),
+        (["GRACE=10s"], "GRACE=10s needs AGE"),
+        (["AGE=off", "GRACE=10s"], "GRACE=10s with AGE=off"),
+        (["AGE=30s", "GRACE=0"], "GRACE=0 is not a duration above 0"),
+        (["AGE=30s", "GRACE=1x"], "GRACE=1x is not a duration above 0"),
+    ],
+)
+def test_max_age_rejects_bad_durations_before_kubectl(fakes, settings, complaint):
+    proc, calls = fakes("max-age", *settings)
+    _one_error_line(proc, complaint)
+    assert calls == []
+
+
+def test_scale_scales_waits_and_lists_the_server_pods(fakes):
+    proc, calls = fakes("scale", "REPLICAS=5", "NAMESPACE=demo")
+    assert proc.returncode == 0, proc.stderr
+    assert verbs(calls) == [
+        "kubectl scale -n demo deployment/server --replicas=5",
+        "kubectl rollout status -n demo deployment/server --timeout=180s",
+        "kubectl get pods -n demo -l app=server -o wide",
+    ]
+    assert "watch: " in proc.stdout and "pinned" in proc.stdout
+
+
+@pytest.mark.parametrize("replicas", [None, "0", "-1", "three", "1000", "2.5", "05"])
+def test_scale_rejects_a_bad_count_before_kubectl(fakes, replicas):
+    proc, calls = fakes("scale", *([f"REPLICAS={replicas}"] if replicas is not None else []))
+    _one_error_line(proc, f"REPLICAS={replicas or ''} is not a pod count")
+    assert calls == []
+
+
+def test_kill_pod_deletes_the_pod_of_the_last_answered_call(fakes, tmp_path):
+    # client-grpc's text lines (wire::Record::text_line): the last answered
+    # call names the pod; error lines do not.
+    logs = tmp_path / "client-grpc.log"
+    logs.write_text(
+        "#1: server-7d9f8-abcde conn-requests=1\n"
+        "#2: server-7d9f8-abcde conn-requests=2 x-upstream-pod=server-7d9f8-abcde\n"
+        "#3: error: UNAVAILABLE connection refused\n"
+        "#4: server-7d9f8-xyz12 conn-requests=1\n"
+        "#5: error: CANCELLED operation was canceled\n"
+    )
+    proc, calls = fakes("kill-pod", FAKE_LOGS=str(logs))
+    assert proc.returncode == 0, proc.stderr
+    assert verbs(calls) == [
+        "kubectl logs -n default deployment/client-grpc -c client-grpc --tail=50",
+        "kubectl delete pod -n default server-7d9f8-xyz12 --wait=false",
+    ]
+    assert "watch: " in proc.stdout and "expect: server-7d9f8-xyz12 drains" in proc.stdout
+
+
+@pytest.mark.parametrize("lines", ["", "#1: error: UNAVAILABLE connection refused\n", "client-grpc starting\n"])
+def test_kill_pod_without_an_answered_call_is_one_clear_line(fakes, tmp_path, lines):
+    logs = tmp_path / "client-grpc.log"
+    logs.write_text(lines)
+    proc, calls = fakes("kill-pod", FAKE_LOGS=str(logs))
+    _one_error_line(proc, "no answered call in client-grpc's last 50 log lines")
+    assert not any(c[1] == "delete" for c in calls), calls
