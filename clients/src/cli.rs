@@ -15,6 +15,10 @@ use crate::{
 /// sysexits.h EX_USAGE: the command was used incorrectly.
 pub const EX_USAGE: u8 = 64;
 
+/// sysexits.h EX_UNAVAILABLE: a service the command needs did not answer
+/// (client-grpc: the `--dns-server` at start-up).
+pub const EX_UNAVAILABLE: u8 = 69;
+
 #[derive(Args, Debug, Clone)]
 pub struct LoopArgs {
     /// Pause after each call (per caller): 100ms, 2s, 1.5s, 0.

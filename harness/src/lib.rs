@@ -11,6 +11,8 @@
 //! - [`http`]: the one HTTP client of tests and tools, on hyper: HTTP/1.1
 //!   (admin API, plain HTTP checks), blocking or async, and [`http::h2c`]
 //!   (gRPC-shaped HTTP/2 calls, several on one connection, and churn).
+//! - [`dns`]: an in-process authoritative DNS server (UDP and TCP, its own
+//!   thread) whose A records change during a run, as a headless Service's do.
 //!
 //! The Istio-shaped configs it runs come from the `sidecar` crate.
 //!
@@ -24,6 +26,7 @@
 //! # let _ = listener; Ok(()) }
 //! ```
 
+pub mod dns;
 pub mod envoy;
 pub mod http;
 pub mod paths;
@@ -71,6 +74,9 @@ pub enum Error {
     },
     #[error("HTTP {0}")]
     Http(String),
+    /// Bad input to [`dns::DnsServer`]: a name or TTL it cannot serve.
+    #[error("DNS: {0}")]
+    Dns(String),
 }
 
 fn log_hint(log: &Option<PathBuf>) -> String {

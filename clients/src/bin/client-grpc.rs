@@ -10,6 +10,12 @@ async fn main() -> ExitCode {
     let (config, loop_config) = args.config().unwrap_or_else(|e| cli::usage_exit(&e));
     cli::init_logging();
     log::info!("{}", args.describe());
+    // A DNS server that never answers would fail every call for the whole
+    // run; say so once and stop. A name it does not know yet is fine.
+    if let Err(e) = config.resolver.probe(&config.targets).await {
+        eprintln!("client-grpc: {e}");
+        return ExitCode::from(cli::EX_UNAVAILABLE);
+    }
     let shutdown = match shutdown_signal() {
         Ok(shutdown) => shutdown,
         Err(e) => {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use hyper::http::uri::Authority;
 
-use super::{Config, round_robin::Resolver};
+use super::{Config, dns::parse_dns_server, round_robin::Resolver};
 use crate::{
     cli::LoopArgs,
     duration::{format_duration, parse_duration},
@@ -45,6 +45,12 @@ pub struct Args {
     #[arg(long, env = "CLIENT_RESOLVE_EVERY", default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub resolve_every: Duration,
 
+    /// round-robin: resolve the host names by asking only this DNS server
+    /// (A records, UDP then TCP; no resolv.conf, no search domains, no
+    /// cache), e.g. the local mesh's; default: the system resolver.
+    #[arg(long, env = "CLIENT_DNS_SERVER", value_name = "IP:PORT")]
+    pub dns_server: Option<String>,
+
     #[command(flatten)]
     pub common: LoopArgs,
 }
@@ -79,6 +85,16 @@ impl Args {
         if u32::try_from(self.delay.as_millis()).is_err() {
             return Err("--delay is too large".into());
         }
+        let resolver = match &self.dns_server {
+            None => Resolver::default(),
+            Some(_) if self.mode != Mode::RoundRobin => {
+                return Err(format!(
+                    "--dns-server needs --mode round-robin (mode {} leaves resolving to the connection)",
+                    self.mode.name()
+                ));
+            }
+            Some(raw) => Resolver::dns_server(parse_dns_server(raw)?, self.common.timeout)?,
+        };
         let config = Config {
             targets,
             mode: self.mode,
@@ -86,15 +102,19 @@ impl Args {
             delay: self.delay,
             timeout: self.common.timeout,
             resolve_every: self.resolve_every,
-            resolver: Resolver::default(),
+            resolver,
             headers: self.common.headers.iter().cloned().collect(),
         };
         Ok((config, self.common.loop_config()?))
     }
 
     pub fn describe(&self) -> String {
+        let dns = match &self.dns_server {
+            Some(server) => format!(", DNS server {}", server.trim()),
+            None => String::new(),
+        };
         format!(
-            "client-grpc: target {}, mode {}, delay {}, {}",
+            "client-grpc: target {}, mode {}{dns}, delay {}, {}",
             self.host,
             self.mode.name(),
             format_duration(self.delay),
@@ -202,5 +222,25 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(args.config().unwrap().0.targets.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn dns_server_needs_round_robin_and_an_ip_and_port() {
+        let config = |extra: &[&str]| {
+            let mut argv = vec!["client-grpc", "--host", "server:30051"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv).unwrap().config().map(|(c, _)| c)
+        };
+        let e = config(&["--dns-server", "127.0.0.1:5353"]).unwrap_err();
+        assert!(e.contains("--dns-server needs --mode round-robin"), "{e}");
+        let e = config(&["--mode", "round-robin", "--dns-server", "dns:53"]).unwrap_err();
+        assert!(e.contains("is not IP:PORT"), "{e}");
+        let ok = config(&["--mode", "round-robin", "--dns-server", "127.0.0.1:5353"]).unwrap();
+        assert_eq!(
+            format!("{:?}", ok.resolver),
+            "Resolver(DNS server 127.0.0.1:5353)"
+        );
+        let default = config(&["--mode", "round-robin"]).unwrap();
+        assert_eq!(format!("{:?}", default.resolver), "Resolver");
     }
 }

@@ -2,7 +2,8 @@
 //! three connection strategies, the heart of the L4-vs-L7 demonstration.
 //!
 //! [`args`] reads the flags, [`call`] makes one call and names its failure,
-//! [`round_robin`] is the client-side balancer of `--mode round-robin`.
+//! [`round_robin`] is the client-side balancer of `--mode round-robin`,
+//! [`dns`] its resolver for `--dns-server`.
 
 use std::{future::Future, io::Write, sync::Arc, time::Duration};
 
@@ -10,6 +11,7 @@ use hyper::{HeaderMap, http::uri::Authority};
 
 pub mod args;
 pub mod call;
+pub mod dns;
 pub mod round_robin;
 
 pub use args::{Args, Mode, parse_targets};
@@ -32,8 +34,8 @@ pub struct Config {
     pub delay: Duration,
     pub timeout: Duration,
     pub resolve_every: Duration,
-    /// How round-robin turns the targets into addresses: DNS unless a test
-    /// substitutes answers that change.
+    /// How round-robin turns the targets into addresses: the system resolver,
+    /// one DNS server (`--dns-server`), or answers a test substitutes.
     pub resolver: Resolver,
     /// Extra request metadata.
     pub headers: HeaderMap,

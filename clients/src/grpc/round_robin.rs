@@ -22,6 +22,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::{
     Config,
     call::{Shared, get_info},
+    dns::DnsServer,
 };
 use crate::{duration::format_duration, record::Call};
 
@@ -31,9 +32,14 @@ pub type Resolved = Result<Vec<(SocketAddr, Authority)>, String>;
 type ResolveFn =
     dyn Fn(Vec<Authority>) -> Pin<Box<dyn Future<Output = Resolved> + Send>> + Send + Sync;
 
-/// Resolution for round-robin, DNS by default.
+/// Resolution for round-robin: the system resolver by default, one DNS
+/// server with `--dns-server`.
 #[derive(Clone)]
-pub struct Resolver(Arc<ResolveFn>);
+pub struct Resolver {
+    resolve: Arc<ResolveFn>,
+    /// Set with `--dns-server`, for the start-up probe.
+    dns_server: Option<Arc<DnsServer>>,
+}
 
 impl Resolver {
     /// Answers from `resolve` instead of DNS.
@@ -42,11 +48,41 @@ impl Resolver {
         F: Fn(Vec<Authority>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Resolved> + Send + 'static,
     {
-        Resolver(Arc::new(move |targets| Box::pin(resolve(targets))))
+        Resolver {
+            resolve: Arc::new(move |targets| Box::pin(resolve(targets))),
+            dns_server: None,
+        }
+    }
+
+    /// Asks only the DNS server at `server` (see [`super::dns`]); a query
+    /// gives up after `timeout`.
+    pub fn dns_server(server: SocketAddr, timeout: Duration) -> Result<Self, String> {
+        let dns = Arc::new(DnsServer::new(server, timeout)?);
+        let resolve = {
+            let dns = dns.clone();
+            move |targets: Vec<Authority>| {
+                let dns = dns.clone();
+                async move { dns.resolve_all(&targets).await }
+            }
+        };
+        Ok(Resolver {
+            dns_server: Some(dns),
+            ..Resolver::new(resolve)
+        })
+    }
+
+    /// With `--dns-server`, one query for the first target that is a name:
+    /// `Err` only when the server does not answer at all (an NXDOMAIN is an
+    /// answer: the name may appear later). Otherwise nothing to check.
+    pub async fn probe(&self, targets: &[Authority]) -> Result<(), String> {
+        match &self.dns_server {
+            Some(dns) => dns.probe(targets).await,
+            None => Ok(()),
+        }
     }
 
     async fn resolve(&self, targets: &[Authority]) -> Resolved {
-        (self.0)(targets.to_vec()).await
+        (self.resolve)(targets.to_vec()).await
     }
 }
 
@@ -58,7 +94,10 @@ impl Default for Resolver {
 
 impl std::fmt::Debug for Resolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Resolver")
+        match &self.dns_server {
+            Some(dns) => write!(f, "Resolver(DNS server {})", dns.server()),
+            None => f.write_str("Resolver"),
+        }
     }
 }
 

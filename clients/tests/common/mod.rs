@@ -37,20 +37,26 @@ impl TestServer {
     }
 
     pub async fn start_with(config: server::Config) -> Self {
-        let server = server::Server::bind(config)
+        Self::try_start_with(config)
             .await
-            .expect("bind the test server");
+            .expect("bind the test server")
+    }
+
+    /// [`TestServer::start_with`], a bind failure returned (e.g. a port
+    /// chosen for several addresses turned out taken on one).
+    pub async fn try_start_with(config: server::Config) -> anyhow::Result<Self> {
+        let server = server::Server::bind(config).await?;
         let (grpc, http) = (server.grpc_addr(), server.http_addr());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(async {
             let _ = stopped.await;
         }));
-        Self {
+        Ok(Self {
             grpc,
             http,
             stop: Some(stop),
             task: Some(task),
-        }
+        })
     }
 
     /// Stops and waits until the listeners are closed.
