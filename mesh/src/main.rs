@@ -210,6 +210,7 @@ fn up(
         l4_service: true,
         sidecars: Some(policies),
         server_args: Vec::new(),
+        dns: false,
     };
     let mesh = Mesh::start(artifacts, addrs, &layout, plugin, "up", options.seed)?;
     println!("local mesh up (DestinationRule: {experiment}); Ctrl-C stops everything\n");

@@ -11,6 +11,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use harness::{
+    dns::{self, DnsServer},
     envoy::{self, Envoy},
     process::ChildGuard,
 };
@@ -27,6 +28,10 @@ pub use sidecar::pods::pod_names;
 use crate::kube_proxy;
 
 pub const GRPC_PORT: u16 = 30051;
+/// The headless Service's name: client-side round robin resolves it.
+pub const HEADLESS_HOST: &str = "server-headless.default.svc.cluster.local";
+/// The cluster DNS's port on loopback: 53 would need root.
+pub const DNS_PORT: u16 = 1053;
 /// `mesh --subnet`'s default.
 pub const DEFAULT_SUBNET: u8 = 10;
 pub const HTTP_PORT: u16 = 8080;
@@ -116,6 +121,10 @@ impl Addresses {
     pub fn sidecar_inbound_http(&self, i: usize) -> SocketAddr {
         SocketAddr::new(self.pod_ip(i), SIDECAR_INBOUND_HTTP_PORT)
     }
+    /// The cluster DNS (CoreDNS's stand-in).
+    pub fn dns(&self) -> SocketAddr {
+        SocketAddr::new(self.ip(4, 1), DNS_PORT)
+    }
     pub fn client_sidecar_admin(&self) -> SocketAddr {
         SocketAddr::new(self.ip(3, 1), ENVOY_ADMIN_PORT)
     }
@@ -130,6 +139,9 @@ pub struct Layout {
     pub sidecars: Option<SidecarPolicies>,
     /// Extra flags for every server pod (after its addresses).
     pub server_args: Vec<String>,
+    /// The cluster DNS on `Addresses::dns`, answering for the headless
+    /// Service (`HEADLESS_HOST`) with the pods' addresses.
+    pub dns: bool,
 }
 
 /// Every sidecar's bootstrap for one mesh: what `Mesh::start` runs and
@@ -242,6 +254,7 @@ pub struct Mesh {
     pods: Vec<Pod>,
     client_sidecar: Option<Envoy>,
     kube_proxy: Option<Envoy>,
+    dns: Option<DnsServer>,
     endpoints: EndpointFiles,
     /// Errors Envoys of killed pods logged before they died.
     errors_of_the_dead: Vec<String>,
@@ -316,6 +329,7 @@ impl Mesh {
             pods: Vec::new(),
             client_sidecar: None,
             kube_proxy: None,
+            dns: None,
             endpoints,
             errors_of_the_dead: Vec::new(),
             start: StartWith {
@@ -350,6 +364,16 @@ impl Mesh {
         for (addr, what) in needed {
             ensure_free(addr, what)?;
         }
+        if layout.dns {
+            mesh.dns = Some(
+                DnsServer::start(addrs.dns(), dns::KUBERNETES_TTL).with_context(|| {
+                    format!(
+                        "the cluster DNS cannot start on {}; is another mesh on this --subnet?",
+                        addrs.dns()
+                    )
+                })?,
+            );
+        }
 
         // Apps first, then every Envoy at once (they start in parallel);
         // the endpoint files exist before any Envoy reads them.
@@ -357,6 +381,7 @@ impl Mesh {
             mesh.spawn_pod(i)?;
         }
         mesh.endpoints.write_all(&mesh.endpoint_sets())?;
+        mesh.publish_dns()?;
         if let Some(policies) = &layout.sidecars {
             let client_config = sidecar_configs(
                 addrs,
@@ -404,6 +429,9 @@ impl Mesh {
         }
         if self.kube_proxy.is_some() {
             consumers.push("kube-proxy (EDS)");
+        }
+        if self.dns.is_some() {
+            consumers.push("DNS (A records of server-headless)");
         }
         if consumers.is_empty() {
             "nothing".to_owned()
@@ -494,6 +522,7 @@ impl Mesh {
         }
         let sets = self.endpoint_sets();
         self.endpoints.write_all(&sets)?;
+        self.publish_dns()?;
         for (cluster, hosts) in &sets {
             let envoy = match cluster.kind {
                 ClusterKind::Outbound => self.client_sidecar.as_ref(),
@@ -608,18 +637,40 @@ impl Mesh {
         Ok(())
     }
 
+    /// The headless Service's A records: the listed pods' addresses.
+    fn publish_dns(&self) -> anyhow::Result<()> {
+        let Some(dns) = &self.dns else {
+            return Ok(());
+        };
+        let ips: Vec<Ipv4Addr> = self
+            .listed()
+            .into_iter()
+            .filter_map(|i| match self.addrs.pod_ip(i) {
+                IpAddr::V4(ip) => Some(ip),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        dns.set_a_records(HEADLESS_HOST, &ips)
+            .context("updating the cluster DNS")
+    }
+
+    /// The pods the endpoints list: ready ones, and killed ones the kubelet
+    /// has not reported yet.
+    fn listed(&self) -> Vec<usize> {
+        self.pods
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| matches!(p.state, PodState::Ready | PodState::Killed))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
     /// What each endpoint consumer should list now: the client sidecar's
     /// outbound cluster (the pods' sidecars) and kube-proxy's Service ports
     /// (the pods' apps). Killed pods stay until published away.
     fn endpoint_sets(&self) -> Vec<(EndpointCluster, Vec<SocketAddr>)> {
         let a = self.addrs;
-        let listed: Vec<usize> = self
-            .pods
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| matches!(p.state, PodState::Ready | PodState::Killed))
-            .map(|(i, _)| i)
-            .collect();
+        let listed = self.listed();
         let hosts = |at: fn(&Addresses, usize) -> SocketAddr| -> Vec<SocketAddr> {
             listed.iter().map(|&i| at(&a, i)).collect()
         };

@@ -348,6 +348,7 @@ fn a_refused_plugin_config_is_a_clear_error_with_the_fix() {
             inbound: ClusterPolicy::default(),
         }),
         server_args: Vec::new(),
+        dns: false,
     };
     let err = Mesh::start(&artifacts, addrs, &layout, &plugin, "refused", 1)
         .err()

@@ -65,8 +65,11 @@ scenario_tests! {
     client_side_round_robin_opens_one_connection_per_pod: "client-rr", 107;
     scale_out_via_l4_stays_pinned: "scale-out-l4", 111;
     scale_out_via_sidecar_reaches_the_new_pod_at_once: "scale-out-mesh", 112;
+    scale_out_round_robin_reaches_the_new_pod_after_re_resolving: "scale-out-rr", 117;
     scale_out_http_via_l4_reaches_the_new_pod: "scale-out-http", 113;
     pod_loss_via_l4_fails_then_pins_to_another_pod: "pod-loss-l4", 114;
     pod_loss_via_sidecar_fails_at_most_the_call_in_flight: "pod-loss-mesh", 115;
     drain_via_sidecar_fails_no_call: "drain-mesh", 116;
+    max_connection_age_spreads_calls_via_l4: "max-age-l4", 118;
+    http_via_sidecar_reuses_app_connections: "http-mesh", 119;
 }

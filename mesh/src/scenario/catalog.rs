@@ -6,7 +6,7 @@ use super::{
     Action,
     Binary::{ClientGrpc, ClientHttp},
     Calls, Client,
-    ClientPath::{L4Service, PodAddresses, Sidecar},
+    ClientPath::{HeadlessDns, L4Service, PodAddresses, Sidecar},
     Event, Pods, Scenario, Which, check,
 };
 
@@ -192,6 +192,36 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         number: 10,
+        name: "scale-out-rr",
+        title: "scale-out: client-side round robin over the headless Service's DNS, a 4th pod added during the run",
+        path: HeadlessDns,
+        pods: Pods::Exactly(3),
+        destination_rule: None,
+        server_args: &[],
+        client: Client {
+            binary: ClientGrpc,
+            args: &[
+                "--mode",
+                "round-robin",
+                "--host",
+                "{target}",
+                "--dns-server",
+                "{dns}",
+                "--resolve-every",
+                "2s",
+            ],
+            calls: Calls::AtLeast(80),
+            interval: "50ms",
+        },
+        events: &[Event {
+            at: Duration::from_secs(1),
+            action: Action::AddPod,
+        }],
+        expected: "the DNS answer lists the new pod at once, but the client asks again only every --resolve-every (2s): the new pod gets calls after that re-resolution, not before",
+        check: check::added_pod_after_the_next_resolution,
+    },
+    Scenario {
+        number: 11,
         name: "scale-out-http",
         title: "scale-out: HTTP client (no keep-alive) via the L4 Service, a 4th pod added during the run",
         path: L4Service,
@@ -212,7 +242,7 @@ pub const SCENARIOS: &[Scenario] = &[
         check: check::added_pod_gets_new_connections,
     },
     Scenario {
-        number: 11,
+        number: 12,
         name: "pod-loss-l4",
         title: "pod loss: gRPC client via the L4 Service, the pod it is pinned to is killed",
         path: L4Service,
@@ -240,7 +270,7 @@ pub const SCENARIOS: &[Scenario] = &[
         check: check::reconnects_to_another_pod,
     },
     Scenario {
-        number: 12,
+        number: 13,
         name: "pod-loss-mesh",
         title: "pod loss: gRPC client via its sidecar, a pod it calls is killed",
         path: Sidecar,
@@ -267,7 +297,7 @@ pub const SCENARIOS: &[Scenario] = &[
         check: check::retries_hide_the_pod_loss,
     },
     Scenario {
-        number: 13,
+        number: 14,
         name: "drain-mesh",
         title: "graceful drain: gRPC client via its sidecar, a pod it calls gets SIGTERM",
         path: Sidecar,
@@ -287,6 +317,44 @@ pub const SCENARIOS: &[Scenario] = &[
         }],
         expected: "no call fails: the call in flight finishes on the draining pod, and once the endpoints drop it (it is NOT_SERVING) it takes no new call",
         check: check::drains_without_failures,
+    },
+    Scenario {
+        number: 15,
+        name: "max-age-l4",
+        title: "gRPC client via the L4 Service, servers with --max-connection-age 300ms",
+        path: L4Service,
+        pods: Pods::Exactly(3),
+        destination_rule: None,
+        server_args: &["--max-connection-age", "300ms"],
+        client: Client {
+            binary: ClientGrpc,
+            args: &["--host", "{target}"],
+            calls: Calls::AtLeast(60),
+            interval: "50ms",
+        },
+        events: &[],
+        expected: "every 300ms the server sends GOAWAY, the client finishes its call and reconnects; each new connection gets kube-proxy's pick, so calls spread over the pods with no failed call",
+        check: check::reconnects_every_age,
+    },
+    Scenario {
+        number: 16,
+        name: "http-mesh",
+        title: "HTTP client (no keep-alive) via its sidecar",
+        path: Sidecar,
+        pods: Pods::Flag,
+        destination_rule: None,
+        server_args: &[],
+        client: Client {
+            binary: ClientHttp,
+            // `/` answers with the caller the app saw (its peer): the
+            // server sidecar's connection, not the client's.
+            args: &["--url", "http://{target}/"],
+            calls: Calls::AtLeast(30),
+            interval: "0",
+        },
+        events: &[],
+        expected: "the sidecar balances each request over every pod; the client opens a connection per call, yet the apps see the sidecars' few reused connections (their conn-requests climbs)",
+        check: check::sidecars_reuse_app_connections,
     },
 ];
 
@@ -327,6 +395,19 @@ mod tests {
                 assert!(ours.iter().any(|o| o == rule), "{}: {rule}", s.name);
             }
         }
+    }
+
+    #[test]
+    fn round_robin_re_resolves_as_its_check_expects() {
+        let rr = find("scale-out-rr").unwrap();
+        let every = rr
+            .client
+            .args
+            .windows(2)
+            .find(|w| w[0] == "--resolve-every")
+            .map(|w| w[1]);
+        assert_eq!(every, Some("2s"));
+        assert_eq!(check::RR_RESOLVE_EVERY, Duration::from_secs(2));
     }
 
     #[test]

@@ -326,6 +326,81 @@ pub fn drains_without_failures(e: &Evidence) -> Vec<String> {
     problems.into()
 }
 
+/// `scale-out-rr`'s `--resolve-every`: the client re-resolves the headless
+/// Service this often (the catalog passes the same value).
+pub const RR_RESOLVE_EVERY: Duration = Duration::from_secs(2);
+
+/// `scale-out-rr`: the client learns of the new pod from DNS, at its next
+/// re-resolution after the pod was published, not before; no call fails.
+pub fn added_pod_after_the_next_resolution(e: &Evidence) -> Vec<String> {
+    let mut problems = Problems::default();
+    problems.no_errors(e.summary);
+    problems.every_pod(e);
+    if let Some(added) = problems.event(e, "added") {
+        // The client resolves at its start and every RR_RESOLVE_EVERY after
+        // (it starts after the engine's clock, so its resolutions come no
+        // earlier than these multiples).
+        let every = RR_RESOLVE_EVERY.as_millis() as u64;
+        let next = Duration::from_millis((added.done_ms / every + 1) * every);
+        match answered_by(e, added).first() {
+            None => problems.0.push("the added pod answered no call".into()),
+            Some(&first) => problems.expect(first >= next, || {
+                format!(
+                    "the added pod answered at t={:.2}s, before the client's next re-resolution (t={:.2}s or later)",
+                    first.as_secs_f64(),
+                    next.as_secs_f64()
+                )
+            }),
+        }
+    }
+    problems.into()
+}
+
+/// `max-age-l4`: the server's GOAWAY at the maximum age makes the client
+/// reconnect, and each new connection gets kube-proxy's pick: calls spread,
+/// none fails.
+pub fn reconnects_every_age(e: &Evidence) -> Vec<String> {
+    let (s, pods) = (e.summary, e.pod_names.len());
+    let mut problems = Problems::default();
+    problems.no_errors(s);
+    let connections = connections(s);
+    // 3 s of calls at a 300 ms age: about 10; fewer than 4 means the age
+    // did not act.
+    problems.expect(connections >= 4, || {
+        format!("{connections} connections: the client did not reconnect at each age")
+    });
+    let reached = s.pods.len();
+    let spread = pods.min(2);
+    problems.expect(reached >= spread, || {
+        format!("reached {reached} of {pods} pods, expected at least {spread}")
+    });
+    problems.into()
+}
+
+/// `http-mesh`: the client opens a connection per call, but its sidecar
+/// balances each request over every pod and keeps a few connections to them,
+/// which the server sidecars reuse to their apps: the app's count grows.
+pub fn sidecars_reuse_app_connections(e: &Evidence) -> Vec<String> {
+    let s = e.summary;
+    let mut problems = Problems::default();
+    let reached = problems.every_pod(e);
+    problems.no_errors(s);
+    let connections = connections(s);
+    problems.expect(connections < s.ok, || {
+        format!(
+            "{connections} app-side connections for {} answers: nothing reused them",
+            s.ok
+        )
+    });
+    problems.expect(s.max_connection_requests().unwrap_or(0) > 1, || {
+        "the app's per-connection count never grew".into()
+    });
+    problems.expect(connections >= reached as u64, || {
+        format!("{connections} connections for {reached} pods")
+    });
+    problems.into()
+}
+
 /// The engine reads a call's end when the client prints it, a little after
 /// the call ended.
 const CLOCK_SLACK: Duration = Duration::from_millis(50);

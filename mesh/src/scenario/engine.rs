@@ -139,7 +139,10 @@ impl Plan {
             args: client
                 .args
                 .iter()
-                .map(|a| a.replace("{target}", &target))
+                .map(|a| {
+                    a.replace("{target}", &target)
+                        .replace("{dns}", &addrs.dns().to_string())
+                })
                 .collect(),
             calls,
             interval: client.interval,
@@ -447,10 +450,13 @@ mod tests {
             "client-grpc --mode round-robin --host 127.10.1.1:30051,127.10.1.2:30051,127.10.1.3:30051 --count 12 --interval 0",
             "client-grpc --host 127.10.2.1:30051 --count 60 --interval 50ms",
             "client-grpc --host 127.10.3.1:30051 --count 60 --interval 50ms",
+            "client-grpc --mode round-robin --host server-headless.default.svc.cluster.local:30051 --dns-server 127.10.4.1:1053 --resolve-every 2s --count 80 --interval 50ms",
             "client-http --url http://127.10.2.1:80/pod --count 60 --interval 50ms",
             "client-grpc --host 127.10.2.1:30051 --delay 100ms --count 30 --interval 0",
             "client-grpc --host 127.10.3.1:30051 --delay 100ms --count 30 --interval 0",
             "client-grpc --host 127.10.3.1:30051 --delay 100ms --count 30 --interval 0",
+            "client-grpc --host 127.10.2.1:30051 --count 60 --interval 50ms",
+            "client-http --url http://127.10.3.1:80/ --count 30 --interval 0",
         ];
         assert_eq!(SCENARIOS.len(), expected.len());
         for (s, command) in SCENARIOS.iter().zip(expected) {
@@ -466,12 +472,14 @@ mod tests {
         for s in SCENARIOS {
             let plan = Plan::new(s, &options(), &istio_dir, &plugin).unwrap();
             let layout = &plan.layout;
-            let what = (layout.l4_service, layout.sidecars.is_some());
-            match s.path {
-                ClientPath::L4Service => assert_eq!(what, (true, false), "{}", s.name),
-                ClientPath::Sidecar => assert_eq!(what, (false, true), "{}", s.name),
-                ClientPath::PodAddresses => assert_eq!(what, (false, false), "{}", s.name),
-            }
+            let what = (layout.l4_service, layout.sidecars.is_some(), layout.dns);
+            let want = match s.path {
+                ClientPath::L4Service => (true, false, false),
+                ClientPath::Sidecar => (false, true, false),
+                ClientPath::PodAddresses => (false, false, false),
+                ClientPath::HeadlessDns => (false, false, true),
+            };
+            assert_eq!(what, want, "{}", s.name);
             // The checks read the DestinationRule's policy only where one applies.
             assert_eq!(
                 plan.policy.is_some(),

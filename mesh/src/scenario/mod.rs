@@ -19,7 +19,7 @@ use sidecar::SidecarPolicies;
 pub use catalog::{SCENARIOS, find};
 pub use engine::{Options, Outcome, Plan, preflight, run_scenario};
 
-use crate::topology::{Addresses, Layout};
+use crate::topology::{Addresses, GRPC_PORT, HEADLESS_HOST, Layout};
 
 /// One experiment, as data: everything the engine needs to run it and to
 /// judge what the client saw.
@@ -91,6 +91,9 @@ pub enum ClientPath {
     Sidecar,
     /// The pods' own addresses (a headless Service's records): no proxy.
     PodAddresses,
+    /// The headless Service's name, resolved by real DNS queries to the
+    /// cluster DNS (`{dns}` in the client's arguments): no proxy.
+    HeadlessDns,
 }
 
 impl ClientPath {
@@ -100,6 +103,7 @@ impl ClientPath {
             l4_service: self == Self::L4Service,
             sidecars: (self == Self::Sidecar).then_some(policies),
             server_args,
+            dns: self == Self::HeadlessDns,
         }
     }
 
@@ -114,7 +118,8 @@ impl ClientPath {
                 .collect::<Vec<_>>()
                 .join(","),
             (Self::Sidecar, Binary::ClientHttp) => addrs.client_sidecar_http().to_string(),
-            (Self::PodAddresses, Binary::ClientHttp) => bail!(
+            (Self::HeadlessDns, Binary::ClientGrpc) => format!("{HEADLESS_HOST}:{GRPC_PORT}"),
+            (Self::PodAddresses | Self::HeadlessDns, Binary::ClientHttp) => bail!(
                 "{} via {self:?}: the local mesh has no such route (client-http takes one URL)",
                 binary.name()
             ),
