@@ -94,7 +94,7 @@ fn main() -> ExitCode {
 fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Cmd::List = cli.command {
         for s in SCENARIOS {
-            println!("{}. {:<13} {}", s.number, s.name, s.title);
+            println!("{:>2}. {:<14} {}", s.number, s.name, s.title);
         }
         return Ok(ExitCode::SUCCESS);
     }

@@ -1,0 +1,170 @@
+//! Pods coming and going never hang a run or leave a process behind: an
+//! event that cannot be applied fails the scenario with its reason, the
+//! cluster DNS that cannot bind is a clear error, and Ctrl-C in the middle
+//! of a scale-out stops the pod added during the run too.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::{SocketAddr, TcpListener, UdpSocket},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use mesh::{
+    scenario::{self, Options},
+    topology::{Addresses, Artifacts, Layout, Mesh},
+};
+use sidecar::manifests;
+
+fn options(subnet: u8) -> Options {
+    Options {
+        calls: 9,
+        pods: 3,
+        subnet,
+        all_lines: false,
+        quiet: true,
+        seed: 7,
+    }
+}
+
+/// Waits (up to 5 s: killed children are reaped asynchronously) until every
+/// address can be bound again.
+fn assert_all_free(addrs: &[SocketAddr]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for addr in addrs {
+        while TcpListener::bind(addr).is_err() {
+            assert!(Instant::now() < deadline, "{addr} still in use");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// No process of ours names an address of `subnet` (apps) or its run
+/// folder (Envoys) on its command line.
+fn assert_no_process_on(subnet: u8) {
+    let needles = [format!("127.{subnet}."), format!(".subnet-{subnet}/")];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left: Vec<String> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| needles.iter().any(|n| c.contains(n)) && !c.contains("churn"))
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "processes left: {left:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_event_that_cannot_be_applied_fails_the_scenario_with_the_reason() {
+    let subnet = 122;
+    let addrs = Addresses { subnet, pods: 3 };
+    // Something else holds the address the 4th pod would get.
+    let _squatter = TcpListener::bind(addrs.app_grpc(3)).unwrap();
+    let istio_dir = manifests::istio_dir(None);
+    let plugin = scenario::preflight(&istio_dir).unwrap();
+    let artifacts = Artifacts::locate(None, None).expect("make envoy wasm; cargo build --bins");
+    let s = scenario::find("scale-out-mesh").unwrap();
+    let started = Instant::now();
+    let outcome = scenario::run_scenario(s, &options(subnet), &artifacts, &istio_dir, &plugin)
+        .expect("the run itself completes");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(!outcome.passed);
+    let problems = outcome.problems.join("\n");
+    for expected in [
+        "the event at t=1.00s failed",
+        "adding a pod",
+        "127.122.1.4:30051",
+        "not free",
+    ] {
+        assert!(
+            problems.contains(expected),
+            "{expected:?} missing from:\n{problems}"
+        );
+    }
+    // The client ran to its end on the pods that were there.
+    assert_eq!(outcome.summary.errors, 0, "{:?}", outcome.summary);
+    assert_all_free(&[
+        addrs.app_grpc(0),
+        addrs.sidecar_inbound(2),
+        addrs.client_sidecar(),
+    ]);
+    assert_no_process_on(subnet);
+}
+
+#[test]
+fn a_cluster_dns_that_cannot_bind_is_a_clear_error_and_nothing_is_left() {
+    let subnet = 123;
+    let addrs = Addresses { subnet, pods: 2 };
+    let _squatter = UdpSocket::bind(addrs.dns()).unwrap();
+    let plugin = scenario::preflight(&manifests::istio_dir(None)).unwrap();
+    let artifacts = Artifacts::locate(None, None).expect("make envoy wasm; cargo build --bins");
+    let layout = Layout {
+        dns: true,
+        ..Layout::default()
+    };
+    let err = Mesh::start(&artifacts, addrs, &layout, &plugin, "dns-taken", 1)
+        .err()
+        .expect("start fails");
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("cluster DNS cannot start on 127.123.4.1:1053") && err.contains("in use"),
+        "{err}"
+    );
+    assert_all_free(&[addrs.app_grpc(0), addrs.app_grpc(1)]);
+    assert_no_process_on(subnet);
+}
+
+#[test]
+fn ctrl_c_during_a_scale_out_stops_every_pod_including_the_added_one() {
+    let subnet = 124;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .args(["run", "scale-out-mesh", "--subnet", &subnet.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines {
+        let line = line.unwrap();
+        let added = line.contains("-- t=") && line.contains(" added ");
+        seen.push(line);
+        if added {
+            break;
+        }
+    }
+    assert!(
+        seen.last().is_some_and(|l| l.contains(" added ")),
+        "no pod was added:\n{}",
+        seen.join("\n")
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "mesh ignored SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let addrs = Addresses { subnet, pods: 4 };
+    assert_all_free(&[
+        addrs.app_grpc(3),
+        addrs.sidecar_inbound(3),
+        addrs.sidecar_admin(3),
+        addrs.app_grpc(0),
+        addrs.client_sidecar(),
+    ]);
+    assert_no_process_on(subnet);
+}
