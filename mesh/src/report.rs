@@ -200,6 +200,25 @@ impl Timeline {
     }
 }
 
+/// The client sidecar's own count of attempts it made again (Envoy's
+/// `upstream_rq_retry`) and of connections it could not open
+/// (`upstream_cx_connect_fail`): the failures the client never saw.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SidecarRetries {
+    pub retried: u64,
+    pub connect_failures: u64,
+}
+
+impl std::fmt::Display for SidecarRetries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "client sidecar: {} request(s) retried, {} connection(s) failed to open (Envoy stats upstream_rq_retry, upstream_cx_connect_fail)",
+            self.retried, self.connect_failures
+        )
+    }
+}
+
 /// How many calls failed and over how long: what a pod's loss costs.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct FailureWindow {

@@ -560,6 +560,21 @@ impl Mesh {
         errors
     }
 
+    /// What the client sidecar did for failed attempts, summed over its
+    /// outbound clusters: (requests retried, connections that failed to
+    /// open). `None` without a client sidecar or if its admin API is gone.
+    pub fn client_sidecar_retries(&self) -> Option<(u64, u64)> {
+        let stats = self.client_sidecar.as_ref()?.stats().ok()?;
+        let sum = |what: &str| -> u64 {
+            stats
+                .iter()
+                .filter(|(name, _)| name.starts_with("cluster.outbound|") && name.ends_with(what))
+                .map(|(_, v)| v)
+                .sum()
+        };
+        Some((sum(".upstream_rq_retry"), sum(".upstream_cx_connect_fail")))
+    }
+
     /// The sidecar of server pod `i`'s admin address (stats, config_dump).
     pub fn sidecar_admin(&self, i: usize) -> SocketAddr {
         self.addrs.sidecar_admin(i)

@@ -68,6 +68,9 @@ pub struct Outcome {
     /// How many calls failed, from when to when.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failures: Option<report::FailureWindow>,
+    /// What the client sidecar retried (sidecar scenarios with events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sidecar_retries: Option<report::SidecarRetries>,
     pub logs: String,
 }
 
@@ -245,6 +248,14 @@ pub fn run_scenario(
     let timeline = (!scenario.events.is_empty())
         .then(|| report::Timeline::new(&records, &client.times, &pods, &client.events));
     let failures = report::failure_window(&records, &client.times);
+    // What the client sidecar hid, where pods came and went.
+    let retries = (!scenario.events.is_empty())
+        .then(|| mesh.client_sidecar_retries())
+        .flatten()
+        .map(|(retried, connect_failures)| report::SidecarRetries {
+            retried,
+            connect_failures,
+        });
     if !options.quiet {
         print!("{}", report::table(&summary));
         if let Some(timeline) = &timeline {
@@ -252,6 +263,9 @@ pub fn run_scenario(
         }
         if let Some(failures) = &failures {
             println!("   {failures}");
+        }
+        if let Some(retries) = &retries {
+            println!("   {retries}");
         }
         println!("   expected: {}", scenario.expected);
         if passed {
@@ -275,6 +289,7 @@ pub fn run_scenario(
         events: client.events,
         timeline,
         failures,
+        sidecar_retries: retries,
         logs: mesh.dir.display().to_string(),
     })
 }
