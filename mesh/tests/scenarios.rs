@@ -1,14 +1,18 @@
 //! Every scenario, run for real (server binaries, Envoy sidecars with the
 //! real .wasm, the real clients) with few calls, must meet its expectation.
 //! Each test uses its own loopback subnet so they can run in parallel.
+//! Where pods come and go, the test also reads the expectation back from
+//! the run's JSON (what `mesh run NAME --json` prints) on its own, so a
+//! check that went soft would not pass unnoticed.
 
 use mesh::{
     scenario::{self, Options},
     topology::Artifacts,
 };
+use serde_json::Value;
 use sidecar::manifests;
 
-fn scenario_passes(name: &str, subnet: u8) {
+fn scenario_passes(name: &str, subnet: u8) -> Value {
     let istio_dir = manifests::istio_dir(None);
     let plugin = scenario::preflight(&istio_dir).expect("our manifests load");
     let artifacts =
@@ -29,16 +33,51 @@ fn scenario_passes(name: &str, subnet: u8) {
         "{name}: {:?}\nsummary: {:?}\nlogs: {}",
         outcome.problems, outcome.summary, outcome.logs
     );
+    serde_json::to_value(&outcome).expect("the outcome serializes")
+}
+
+/// The pods that answered calls, from the JSON summary.
+fn pods_called(run: &Value) -> Vec<&str> {
+    run["summary"]["calls_per_pod"]
+        .as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// The pod the first event of kind `what` acted on.
+fn event_pod<'a>(run: &'a Value, what: &str) -> &'a str {
+    run["events"]
+        .as_array()
+        .and_then(|events| events.iter().find(|e| e["what"] == what))
+        .and_then(|e| e["pod"].as_str())
+        .unwrap_or_else(|| panic!("no {what} event in {:#}", run["events"]))
+}
+
+/// When `pod` first served a call, from the timeline (ms, slice start).
+fn first_served_ms(run: &Value, pod: &str) -> Option<u64> {
+    let timeline = &run["timeline"];
+    let slice = timeline["slice_ms"].as_u64()?;
+    let row = timeline["rows"]
+        .as_array()?
+        .iter()
+        .find(|r| r["name"] == pod)?;
+    let first = row["marks"].as_str()?.find('#')?;
+    Some(first as u64 * slice)
+}
+
+fn errors(run: &Value) -> u64 {
+    run["summary"]["errors"].as_u64().unwrap()
 }
 
 /// One test per scenario (name, its loopback subnet), and a check that the
 /// catalog has no scenario without one.
 macro_rules! scenario_tests {
-    ($($test:ident: $name:literal, $subnet:literal;)+) => {
+    ($($test:ident: $name:literal, $subnet:literal $(, $json:expr)?;)+) => {
         $(
             #[test]
             fn $test() {
-                scenario_passes($name, $subnet);
+                let _run = scenario_passes($name, $subnet);
+                $( ($json)(&_run); )?
             }
         )+
 
@@ -63,13 +102,60 @@ scenario_tests! {
     reuse_rule_rolls_connections_over_at_the_limit: "reuse", 105;
     tight_pool_overflows_with_unavailable_and_keeps_going: "tight", 106;
     client_side_round_robin_opens_one_connection_per_pod: "client-rr", 107;
-    scale_out_via_l4_stays_pinned: "scale-out-l4", 111;
-    scale_out_via_sidecar_reaches_the_new_pod_at_once: "scale-out-mesh", 112;
-    scale_out_round_robin_reaches_the_new_pod_after_re_resolving: "scale-out-rr", 117;
-    scale_out_http_via_l4_reaches_the_new_pod: "scale-out-http", 113;
-    pod_loss_via_l4_fails_then_pins_to_another_pod: "pod-loss-l4", 114;
-    pod_loss_via_sidecar_fails_at_most_the_call_in_flight: "pod-loss-mesh", 115;
-    drain_via_sidecar_fails_no_call: "drain-mesh", 116;
-    max_connection_age_spreads_calls_via_l4: "max-age-l4", 118;
-    http_via_sidecar_reuses_app_connections: "http-mesh", 119;
+    scale_out_via_l4_stays_pinned: "scale-out-l4", 111, |run: &Value| {
+        let added = event_pod(run, "added");
+        assert_eq!(pods_called(run).len(), 1, "{:#}", run["summary"]);
+        assert!(!pods_called(run).contains(&added));
+    };
+    scale_out_via_sidecar_reaches_the_new_pod_at_once: "scale-out-mesh", 112, |run: &Value| {
+        let added = event_pod(run, "added");
+        assert_eq!(pods_called(run).len(), 4, "{:#}", run["summary"]);
+        let first = first_served_ms(run, added).expect("the added pod served");
+        let done = run["events"][0]["done_ms"].as_u64().unwrap();
+        assert!(first <= done + 1000, "first call at {first} ms, published at {done} ms");
+        assert_eq!(errors(run), 0);
+    };
+    scale_out_round_robin_reaches_the_new_pod_after_re_resolving: "scale-out-rr", 117, |run: &Value| {
+        let added = event_pod(run, "added");
+        let first = first_served_ms(run, added).expect("the added pod served");
+        // Added at 1 s; the client re-resolves every 2 s from its start. The
+        // slice holding the 2 s mark may start just before it.
+        let slice = run["timeline"]["slice_ms"].as_u64().unwrap();
+        assert!(first + slice > 2000, "served from {first} ms, before the 2 s re-resolution");
+        assert_eq!(pods_called(run).len(), 4);
+        assert_eq!(errors(run), 0);
+    };
+    scale_out_http_via_l4_reaches_the_new_pod: "scale-out-http", 113, |run: &Value| {
+        assert!(pods_called(run).contains(&event_pod(run, "added")));
+        assert_eq!(errors(run), 0);
+    };
+    pod_loss_via_l4_fails_then_pins_to_another_pod: "pod-loss-l4", 114, |run: &Value| {
+        let killed = event_pod(run, "killed");
+        assert!(errors(run) >= 1, "{:#}", run["summary"]);
+        assert!(run["failures"]["recovered_ms"].as_u64().is_some(), "{:#}", run["failures"]);
+        let called = pods_called(run);
+        assert_eq!(called.len(), 2, "the killed pod, then one other: {called:?}");
+        assert!(called.contains(&killed));
+    };
+    pod_loss_via_sidecar_fails_at_most_the_call_in_flight: "pod-loss-mesh", 115, |run: &Value| {
+        assert!(errors(run) <= 1, "{:#}", run["summary"]);
+        assert_eq!(pods_called(run).len(), 3);
+        let _ = event_pod(run, "killed");
+    };
+    drain_via_sidecar_fails_no_call: "drain-mesh", 116, |run: &Value| {
+        let _ = event_pod(run, "drained");
+        assert_eq!(errors(run), 0, "{:#}", run["summary"]);
+        assert_eq!(pods_called(run).len(), 3);
+    };
+    max_connection_age_spreads_calls_via_l4: "max-age-l4", 118, |run: &Value| {
+        assert_eq!(errors(run), 0, "{:#}", run["summary"]);
+        assert!(run["summary"]["connections"].as_u64().unwrap() >= 4);
+        assert!(pods_called(run).len() >= 2);
+    };
+    http_via_sidecar_reuses_app_connections: "http-mesh", 119, |run: &Value| {
+        let summary = &run["summary"];
+        assert_eq!(pods_called(run).len(), 3, "{summary:#}");
+        assert!(summary["max_requests_per_connection"].as_u64().unwrap() > 1, "{summary:#}");
+        assert!(summary["connections"].as_u64() < summary["ok"].as_u64(), "{summary:#}");
+    };
 }
