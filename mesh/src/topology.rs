@@ -852,12 +852,14 @@ fn wait_for_hosts(envoy: &Envoy, cluster: &str, hosts: &[SocketAddr]) -> anyhow:
     );
     applied.map_err(|_| {
         anyhow::anyhow!(
-            "Envoy {} did not apply the endpoint update of {cluster} within {:?}: it lists {:?}, \
-             the update {:?}; its log ({}):\n{}",
+            "Envoy {} did not apply the endpoint update of {cluster} within {:?}: it {}, \
+             the update {want:?}; its log ({}):\n{}",
             envoy.config_path().display(),
             ENDPOINT_UPDATE_DEADLINE,
-            last,
-            want,
+            match last {
+                Some(hosts) => format!("lists {hosts:?}"),
+                None => "has no such cluster".to_owned(),
+            },
             envoy.log_path().display(),
             envoy.log_tail(8)
         )
@@ -871,5 +873,49 @@ fn ensure_free(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
         Err(e) => anyhow::bail!(
             "{addr} ({what}) is not free: {e}. Is another `mesh up` running? Stop it, or use another --subnet."
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An endpoint update the running Envoy refuses (here: an assignment
+    /// for another cluster, which Envoy rejects by name) is an error naming
+    /// the cluster, what Envoy still lists and its log, within the deadline:
+    /// never a hang.
+    #[test]
+    fn an_endpoint_update_envoy_refuses_is_an_error_not_a_hang() {
+        let dir = harness::paths::run_dir("mesh-refused-eds").unwrap();
+        let endpoints = dir.join("endpoints");
+        std::fs::create_dir_all(&endpoints).unwrap();
+        let service: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let cluster = kube_proxy::cluster_name(service);
+        let pod: SocketAddr = "127.0.0.2:30051".parse().unwrap();
+        let file = eds::assignment_file(&endpoints, &cluster);
+        std::fs::write(&file, eds::assignment(&cluster, &[pod], 1).to_string()).unwrap();
+        let config = kube_proxy::l4_service("127.0.0.1:0".parse().unwrap(), &[service], &endpoints);
+        let envoy = Envoy::launch(&dir, "kube-proxy", &config, &envoy::Options::default())
+            .expect("Envoy starts");
+        wait_for_hosts(&envoy, &cluster, &[pod]).expect("the first assignment applies");
+
+        let wrong = eds::assignment("some-other-cluster", &[], 2);
+        let staged = file.with_extension("staged");
+        std::fs::write(&staged, wrong.to_string()).unwrap();
+        std::fs::rename(&staged, &file).unwrap();
+        let started = std::time::Instant::now();
+        let err = wait_for_hosts(&envoy, &cluster, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(started.elapsed() < ENDPOINT_UPDATE_DEADLINE + Duration::from_secs(2));
+        for expected in [
+            "did not apply the endpoint update",
+            &cluster,
+            "lists [127.0.0.2:30051]",
+            // Envoy's own reason, from its log.
+            "config rejected: Unexpected EDS cluster",
+        ] {
+            assert!(err.contains(expected), "{expected:?} missing from:\n{err}");
+        }
     }
 }
