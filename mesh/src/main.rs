@@ -210,16 +210,17 @@ fn up(
         l4_service: true,
         sidecars: Some(policies),
         server_args: Vec::new(),
-        dns: false,
+        dns: true,
     };
     let mesh = Mesh::start(artifacts, addrs, &layout, plugin, "up", options.seed)?;
     println!("local mesh up (DestinationRule: {experiment}); Ctrl-C stops everything\n");
     for (i, pod) in mesh.pod_names().iter().enumerate() {
         println!(
-            "pod {pod}: app gRPC {} HTTP {}; sidecar inbound {} admin http://{}",
+            "pod {pod}: app gRPC {} HTTP {}; sidecar inbound gRPC {} HTTP {} admin http://{}",
             addrs.app_grpc(i),
             addrs.app_http(i),
             addrs.sidecar_inbound(i),
+            addrs.sidecar_inbound_http(i),
             addrs.sidecar_admin(i)
         );
     }
@@ -229,9 +230,15 @@ fn up(
         addrs.service_http()
     );
     println!(
-        "client sidecar (L7, outbound): {} admin http://{}",
+        "client sidecar (L7, outbound): gRPC {} HTTP {} admin http://{}",
         addrs.client_sidecar(),
+        addrs.client_sidecar_http(),
         addrs.client_sidecar_admin()
+    );
+    println!(
+        "cluster DNS: {} answers {} with the pods' addresses",
+        addrs.dns(),
+        mesh::topology::HEADLESS_HOST
     );
     println!("\ntry:");
     println!(
@@ -247,6 +254,18 @@ fn up(
         "  {} --host {} --count 6",
         artifacts.bin("client-grpc").display(),
         addrs.service_grpc()
+    );
+    println!(
+        "  {} --mode round-robin --host {}:{} --dns-server {} --count 6",
+        artifacts.bin("client-grpc").display(),
+        mesh::topology::HEADLESS_HOST,
+        mesh::topology::GRPC_PORT,
+        addrs.dns()
+    );
+    println!(
+        "  {} --url http://{}/ --count 6",
+        artifacts.bin("client-http").display(),
+        addrs.client_sidecar_http()
     );
     println!(
         "  curl -s http://{}/stats | grep upstream_tagger",
