@@ -75,7 +75,13 @@ impl LinePrinter {
 
     /// `record` as the client prints it (its own formatter), or hidden.
     pub fn offer(&mut self, record: &Record, before: &[Record]) {
-        let first_on_connection = |r: &Record| r.call.upstream_connection_requests() == Some(1);
+        // The sidecar filter's count where it tags, else the app's own.
+        let first_on_connection = |r: &Record| {
+            r.call
+                .upstream_connection_requests()
+                .or(r.call.conn_requests)
+                == Some(1)
+        };
         let new_connection = first_on_connection(record)
             && before.iter().filter(|r| first_on_connection(r)).count() < CAP;
         let interesting = self.shown < HEAD

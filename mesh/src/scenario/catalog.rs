@@ -266,7 +266,7 @@ pub const SCENARIOS: &[Scenario] = &[
                 action: Action::Publish,
             },
         ],
-        expected: "the call in flight fails (UNAVAILABLE), the client reconnects through kube-proxy and is pinned again, to another pod; the failure line says how many calls failed and for how long",
+        expected: "the call in flight fails (UNAVAILABLE); the client reconnects through kube-proxy, and until the endpoints drop the dead pod, a reconnect kube-proxy still sends there may fail too; then it is pinned again, to another pod; the failure line says how many calls failed and for how long",
         check: check::reconnects_to_another_pod,
     },
     Scenario {

@@ -62,9 +62,8 @@ pub struct Outcome {
     pub calls: Vec<Record>,
     /// What was done to the pods during the run.
     pub events: Vec<Happened>,
-    /// Which pod served calls when (scenarios with events).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeline: Option<report::Timeline>,
+    /// Which pod served calls when.
+    pub timeline: report::Timeline,
     /// How many calls failed, from when to when.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failures: Option<report::FailureWindow>,
@@ -245,8 +244,7 @@ pub fn run_scenario(
         problems.push(format!("Envoy logged errors:\n{}", envoy_errors.join("\n")));
     }
     let passed = problems.is_empty();
-    let timeline = (!scenario.events.is_empty())
-        .then(|| report::Timeline::new(&records, &client.times, &pods, &client.events));
+    let timeline = report::Timeline::new(&records, &client.times, &pods, &client.events);
     let failures = report::failure_window(&records, &client.times);
     // What the client sidecar hid, where pods came and went.
     let retries = (!scenario.events.is_empty())
@@ -258,9 +256,7 @@ pub fn run_scenario(
         });
     if !options.quiet {
         print!("{}", report::table(&summary));
-        if let Some(timeline) = &timeline {
-            print!("{}", timeline.text());
-        }
+        print!("{}", timeline.text());
         if let Some(failures) = &failures {
             println!("   {failures}");
         }

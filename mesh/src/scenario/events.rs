@@ -76,12 +76,13 @@ pub fn apply(
         }
         Action::Kill(which) => {
             let (i, name) = pick(mesh, which, calls)?;
+            let containers = mesh.pods()[i].containers();
             mesh.kill_pod(i)
                 .with_context(|| format!("killing {name}"))?;
             (
                 "killed",
                 Some(name),
-                "SIGKILL to its app and sidecar; the endpoints still list it".to_owned(),
+                format!("SIGKILL to {containers}; the endpoints still list it"),
             )
         }
         Action::Drain(which) => {
