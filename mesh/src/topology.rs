@@ -1,6 +1,24 @@
 //! Starting the pieces of the local mesh on loopback addresses that stand in
 //! for pod IPs, and stopping them all (every process is a
-//! `harness::process::ChildGuard`, every Envoy a `harness::envoy::Envoy`).
+//! `harness::process::ChildGuard`, every Envoy a `harness::envoy::Envoy`);
+//! adding, killing and draining pods while it runs.
+//!
+//! What the mesh simplifies about pods coming and going (the one list; what
+//! it simplifies about the sidecars' configuration is in the `sidecar`
+//! crate's docs). None changes which pod a call can reach when:
+//! - A killed pod's kernel closes its sockets at once, so its peers see a
+//!   reset; on a cluster a vanished node sends nothing and clients wait for
+//!   TCP or HTTP/2 keepalives. The mesh shows the fastest case.
+//! - The kubelet's report of a dead pod, the EndpointSlice update and
+//!   istiod's push are one explicit `Publish` event, a fixed time after the
+//!   kill; on a cluster they take what they take.
+//! - Endpoints reach Envoy from a watched file (`sidecar::eds`), not from
+//!   istiod over ADS, and kube-proxy is an Envoy `tcp_proxy` with the same
+//!   per-connection random pick.
+//! - A drained pod's sidecar keeps running until the run ends, as
+//!   istio-proxy keeps serving through `terminationDrainDuration`.
+//! - The cluster DNS listens on port 1053 (53 would need root) and answers
+//!   for the headless Service only, with CoreDNS's default TTL (5 s).
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
