@@ -132,7 +132,7 @@ pub struct Timeline {
     /// One mark per slice of this many milliseconds, from the client's start.
     pub slice_ms: u64,
     /// One row per pod (every pod that ran, in start order), then `failed`
-    /// and `events`: `#` served (or failed) calls in that slice, `^` an
+    /// and (when something happened to the pods) `events`: `#` served (or failed) calls in that slice, `^` an
     /// event, `.` nothing.
     pub rows: Vec<TimelineRow>,
 }
@@ -156,13 +156,20 @@ impl Timeline {
             .max()
             .unwrap_or_default()
             .as_millis() as u64;
-        // Round slices up to 50 ms so the scale reads easily.
-        let slice_ms = (end / TIMELINE_COLUMNS + 1).div_ceil(50) * 50;
+        // A slice length that reads easily: 1, 2, 5, 10, 20, 50 ... ms.
+        let wanted = end / TIMELINE_COLUMNS + 1;
+        let slice_ms = [1, 2, 5]
+            .into_iter()
+            .flat_map(|m| (0..7).map(move |e| m * 10u64.pow(e)))
+            .filter(|&s| s >= wanted)
+            .min()
+            .unwrap_or(wanted);
         let columns = (end / slice_ms + 1) as usize;
         let column = |t: Duration| (t.as_millis() as u64 / slice_ms) as usize;
         let mut rows: Vec<TimelineRow> = pods
             .iter()
             .chain([&"failed".to_owned(), &"events".to_owned()])
+            .take(pods.len() + 1 + usize::from(!events.is_empty()))
             .map(|name| TimelineRow {
                 name: name.clone(),
                 marks: String::new(),
@@ -418,6 +425,83 @@ mod tests {
         assert_eq!(s.errors_by_code["UNAVAILABLE"], 1);
         assert!(s.all_tagged());
         assert!(table(s).contains("pods reached: 2"));
+    }
+
+    fn at(n: u64, pod: Option<&str>) -> Record {
+        let call = match pod {
+            Some(pod) => Call::ok(pod),
+            None => Call::error("UNAVAILABLE", "reset"),
+        };
+        Record {
+            n,
+            latency: Duration::ZERO,
+            call,
+        }
+    }
+
+    #[test]
+    fn timeline_marks_each_pods_slices_failures_and_events() {
+        let calls = [
+            at(1, Some("a")),
+            at(2, Some("a")),
+            at(3, None),
+            at(4, Some("b")),
+        ];
+        let times = [0, 150, 300, 450].map(Duration::from_millis);
+        let event = Happened {
+            t_ms: 290,
+            done_ms: 300,
+            what: "killed",
+            pod: Some("a".into()),
+            detail: String::new(),
+        };
+        let pods = ["a".to_owned(), "b".to_owned()];
+        let timeline = Timeline::new(&calls, &times, &pods, &[event]);
+        assert_eq!(timeline.slice_ms, 10);
+        let marks: Vec<(&str, &str)> = timeline
+            .rows
+            .iter()
+            .map(|r| (r.name.as_str(), r.marks.as_str()))
+            .collect();
+        let row = |cols: &[usize], mark: char| -> String {
+            (0..46)
+                .map(|c| if cols.contains(&c) { mark } else { '.' })
+                .collect()
+        };
+        assert_eq!(
+            marks,
+            [
+                ("a", row(&[0, 15], '#').as_str()),
+                ("b", row(&[45], '#').as_str()),
+                ("failed", row(&[30], '#').as_str()),
+                ("events", row(&[29], '^').as_str()),
+            ]
+        );
+        // No event: no events row.
+        let quiet = Timeline::new(&calls, &times, &pods, &[]);
+        assert_eq!(quiet.rows.last().map(|r| r.name.as_str()), Some("failed"));
+    }
+
+    #[test]
+    fn failure_window_says_how_many_failed_and_when_calls_came_back() {
+        let calls = [at(1, Some("a")), at(2, None), at(3, None), at(4, Some("b"))];
+        let times = [100, 200, 250, 400].map(Duration::from_millis);
+        let window = failure_window(&calls, &times).unwrap();
+        assert_eq!(
+            window,
+            FailureWindow {
+                failed: 2,
+                first_ms: 200,
+                last_ms: 250,
+                recovered_ms: Some(400)
+            }
+        );
+        assert!(
+            window
+                .to_string()
+                .contains("answered again at t=0.40s, 200 ms after")
+        );
+        assert_eq!(failure_window(&calls[..1], &times[..1]), None);
     }
 
     #[test]
