@@ -168,3 +168,18 @@ fn ctrl_c_during_a_scale_out_stops_every_pod_including_the_added_one() {
     ]);
     assert_no_process_on(subnet);
 }
+
+#[test]
+fn a_passing_run_with_a_drained_and_an_added_pod_leaves_nothing() {
+    let subnet = 125;
+    let istio_dir = manifests::istio_dir(None);
+    let plugin = scenario::preflight(&istio_dir).unwrap();
+    let artifacts = Artifacts::locate(None, None).expect("make envoy wasm; cargo build --bins");
+    for name in ["drain-mesh", "scale-out-mesh"] {
+        let s = scenario::find(name).unwrap();
+        let outcome = scenario::run_scenario(s, &options(subnet), &artifacts, &istio_dir, &plugin)
+            .expect("the run completes");
+        assert!(outcome.passed, "{name}: {:?}", outcome.problems);
+        assert_no_process_on(subnet);
+    }
+}
