@@ -64,7 +64,7 @@ pub struct Outcome {
     pub events: Vec<Happened>,
     /// Which pod served calls when.
     pub timeline: report::Timeline,
-    /// How many calls failed, from when to when.
+    /// How many calls failed, from when to when (scenarios with events).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failures: Option<report::FailureWindow>,
     /// What the client sidecar retried (sidecar scenarios with events).
@@ -245,7 +245,11 @@ pub fn run_scenario(
     }
     let passed = problems.is_empty();
     let timeline = report::Timeline::new(&records, &client.times, &pods, &client.events);
-    let failures = report::failure_window(&records, &client.times);
+    // How long a pod's loss cost: only where pods come and go (elsewhere,
+    // as in `tight`, failures interleave with answers and the table says it).
+    let failures = (!scenario.events.is_empty())
+        .then(|| report::failure_window(&records, &client.times))
+        .flatten();
     // What the client sidecar hid, where pods came and went.
     let retries = (!scenario.events.is_empty())
         .then(|| mesh.client_sidecar_retries())
