@@ -51,7 +51,8 @@ impl ClientOutput {
 }
 
 /// Shows what `kubectl logs` would, trimmed for long runs: the first lines,
-/// every line that opens a new connection or fails (up to a cap), the last.
+/// every pod's first answer, every line that opens a new connection or
+/// fails (up to a cap), the last.
 pub struct LinePrinter {
     all: bool,
     shown: usize,
@@ -84,7 +85,15 @@ impl LinePrinter {
         };
         let new_connection = first_on_connection(record)
             && before.iter().filter(|r| first_on_connection(r)).count() < CAP;
+        // A pod's first answer always shows (at most one line per pod):
+        // where a pod added during the run comes in.
+        let new_pod = record.call.outcome.as_ref().is_ok_and(|pod| {
+            !before
+                .iter()
+                .any(|r| r.call.outcome.as_ref().is_ok_and(|p| p == pod))
+        });
         let interesting = self.shown < HEAD
+            || new_pod
             || (self.shown < CAP && (new_connection || record.call.outcome.is_err()));
         let line = record.text_line();
         if self.all || interesting {
