@@ -21,11 +21,11 @@
 //! ```
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     net::{Ipv4Addr, SocketAddr},
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use hickory_server::{
@@ -89,6 +89,7 @@ impl DnsServer {
         let zone = Arc::new(Zone {
             ttl,
             names: RwLock::new(HashMap::new()),
+            answers: Mutex::new(VecDeque::new()),
         });
         let handler = Handler(zone.clone());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -123,6 +124,13 @@ impl DnsServer {
     /// The TTL every answer carries.
     pub fn ttl(&self) -> Duration {
         Duration::from_secs(self.zone.ttl.into())
+    }
+
+    /// The A answers given so far (the latest few thousand), oldest first:
+    /// when each client query learned which addresses.
+    pub fn answers(&self) -> Vec<Answer> {
+        let log = self.zone.answers.lock().unwrap_or_else(|p| p.into_inner());
+        log.iter().cloned().collect()
     }
 
     /// Replaces the A records of `name` (fully qualified, the trailing dot
@@ -212,6 +220,21 @@ fn bind(addr: SocketAddr) -> Result<(std::net::UdpSocket, std::net::TcpListener)
 struct Zone {
     ttl: u32,
     names: RwLock<HashMap<LowerName, Vec<Ipv4Addr>>>,
+    /// The latest answers with addresses, oldest first, at most
+    /// [`ANSWERS_KEPT`]: when a client learned what (see
+    /// [`DnsServer::answers`]).
+    answers: Mutex<VecDeque<Answer>>,
+}
+
+/// How many answers [`DnsServer::answers`] remembers.
+const ANSWERS_KEPT: usize = 4096;
+
+/// An A answer the server gave: when, for which name, which addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub at: Instant,
+    pub name: String,
+    pub addresses: Vec<Ipv4Addr>,
 }
 
 struct Handler(Arc<Zone>);
@@ -246,6 +269,15 @@ impl RequestHandler for Handler {
                         answers.extend(ips.iter().map(|ip| {
                             Record::from_rdata(owner.clone(), self.0.ttl, RData::A(A(*ip)))
                         }));
+                        let mut log = self.0.answers.lock().unwrap_or_else(|p| p.into_inner());
+                        if log.len() == ANSWERS_KEPT {
+                            log.pop_front();
+                        }
+                        log.push_back(Answer {
+                            at: Instant::now(),
+                            name: query.name().to_string(),
+                            addresses: ips.clone(),
+                        });
                     }
                     Some(_) => {}
                 }
@@ -364,6 +396,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(ips, [ip(2), ip(3)]);
+        // Each answer is remembered: when, for which name, which addresses.
+        let answers = dns.answers();
+        assert_eq!(answers.len(), 3, "{answers:?}");
+        assert!(answers.windows(2).all(|w| w[0].at <= w[1].at));
+        assert!(answers.iter().all(|a| a.addresses == [ip(3), ip(2)]));
+        assert_eq!(answers[0].name, format!("{NAME}."));
     }
 
     #[tokio::test]

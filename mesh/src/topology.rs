@@ -277,11 +277,12 @@ pub struct Mesh {
     /// Errors Envoys of killed pods logged before they died.
     errors_of_the_dead: Vec<String>,
     /// What a pod added later needs.
-    start: StartWith,
+    start: PodTemplate,
 }
 
-/// What [`Mesh::add_pod`] starts a pod from.
-struct StartWith {
+/// What [`Mesh::add_pod`] starts a pod from: what the Deployment's pod
+/// template says.
+struct PodTemplate {
     artifacts: Artifacts,
     layout: Layout,
     plugin: WasmPluginSpec,
@@ -350,7 +351,7 @@ impl Mesh {
             dns: None,
             endpoints,
             errors_of_the_dead: Vec::new(),
-            start: StartWith {
+            start: PodTemplate {
                 artifacts: artifacts.clone(),
                 layout: layout.clone(),
                 plugin: plugin.clone(),
@@ -576,6 +577,20 @@ impl Mesh {
             );
         }
         errors
+    }
+
+    /// The cluster DNS's answers so far (none without it).
+    pub fn dns_answers(&self) -> Vec<dns::Answer> {
+        self.dns
+            .as_ref()
+            .map(DnsServer::answers)
+            .unwrap_or_default()
+    }
+
+    /// How many pods the endpoints list now (ready ones, and killed ones
+    /// the kubelet has not reported yet).
+    pub fn listed_count(&self) -> usize {
+        self.listed().len()
     }
 
     /// What the client sidecar did for failed attempts, summed over its

@@ -70,6 +70,10 @@ pub struct Outcome {
     /// What the client sidecar retried (sidecar scenarios with events).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sidecar_retries: Option<report::SidecarRetries>,
+    /// When the cluster DNS answered the client, and with how many pods
+    /// (scenarios that resolve the headless Service).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dns_answers: Vec<DnsAnswer>,
     pub logs: String,
 }
 
@@ -219,6 +223,14 @@ pub fn run_scenario(
         summarised,
     } = client.output;
     let pods = mesh.pod_names();
+    let dns_answers: Vec<DnsAnswer> = mesh
+        .dns_answers()
+        .into_iter()
+        .map(|a| DnsAnswer {
+            t_ms: a.at.saturating_duration_since(client.start).as_millis() as u64,
+            addresses: a.addresses.len(),
+        })
+        .collect();
     let mut problems = client.problems;
     problems.extend((scenario.check)(&Evidence {
         summary: &summary,
@@ -227,6 +239,7 @@ pub fn run_scenario(
         pods: plan.addrs.pods,
         pod_names: &pods,
         events: &client.events,
+        dns_answers: &dns_answers,
         policy: plan.policy.as_ref(),
     }));
     if records.len() as u64 != plan.calls || !summarised {
@@ -290,13 +303,24 @@ pub fn run_scenario(
         timeline,
         failures,
         sidecar_retries: retries,
+        dns_answers,
         logs: mesh.dir.display().to_string(),
     })
+}
+
+/// One answer of the cluster DNS, on the client's clock.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct DnsAnswer {
+    pub t_ms: u64,
+    /// How many pod addresses it listed.
+    pub addresses: usize,
 }
 
 /// What the client printed and when, how it exited, where its stderr is,
 /// and the events applied while it ran.
 struct ClientRun {
+    /// When the client was started: t = 0.
+    start: Instant,
     output: ClientOutput,
     /// When each record arrived, after the client started.
     times: Vec<Duration>,
@@ -333,6 +357,7 @@ fn run_client(
         }
     });
     let mut run = ClientRun {
+        start,
         output: ClientOutput::default(),
         times: Vec::new(),
         events: Vec::new(),
@@ -465,7 +490,7 @@ mod tests {
             "client-grpc --mode round-robin --host 127.10.1.1:30051,127.10.1.2:30051,127.10.1.3:30051 --count 12 --interval 0",
             "client-grpc --host 127.10.2.1:30051 --count 60 --interval 50ms",
             "client-grpc --host 127.10.3.1:30051 --count 60 --interval 50ms",
-            "client-grpc --mode round-robin --host server-headless.default.svc.cluster.local:30051 --dns-server 127.10.4.1:1053 --resolve-every 2s --count 80 --interval 50ms",
+            "client-grpc --mode round-robin --host server-headless.default.svc.cluster.local:30051 --dns-server 127.10.4.1:1053 --resolve-every 2s --count 100 --interval 50ms",
             "client-http --url http://127.10.2.1:80/pod --count 60 --interval 50ms",
             "client-grpc --host 127.10.2.1:30051 --delay 100ms --count 30 --interval 0",
             "client-grpc --host 127.10.3.1:30051 --delay 100ms --count 30 --interval 0",

@@ -8,7 +8,7 @@ use serde::Serialize;
 use wire::Record;
 
 use super::{Action, Event, Which};
-use crate::topology::{Mesh, PodState};
+use crate::topology::Mesh;
 
 /// An event as it happened.
 #[derive(Clone, Debug, Serialize)]
@@ -63,7 +63,7 @@ pub fn apply(
     let (what, pod, detail) = match event.action {
         Action::AddPod => {
             let i = mesh.add_pod().context("adding a pod")?;
-            let listed = listed(mesh);
+            let listed = mesh.listed_count();
             (
                 "added",
                 Some(mesh.pods()[i].name.clone()),
@@ -95,7 +95,7 @@ pub fn apply(
                 format!(
                     "SIGTERM: NOT_SERVING, finishing its calls; dropped from {}: {} pods",
                     mesh.endpoint_consumers(),
-                    listed(mesh)
+                    mesh.listed_count()
                 ),
             )
         }
@@ -107,7 +107,7 @@ pub fn apply(
                 format!(
                     "the kubelet reported it; {} list {} pods",
                     mesh.endpoint_consumers(),
-                    listed(mesh)
+                    mesh.listed_count()
                 ),
             )
         }
@@ -119,14 +119,6 @@ pub fn apply(
         pod,
         detail,
     })
-}
-
-/// How many pods the endpoints list now.
-fn listed(mesh: &Mesh) -> usize {
-    mesh.pods()
-        .iter()
-        .filter(|p| matches!(p.state, PodState::Ready | PodState::Killed))
-        .count()
 }
 
 /// The pod `which` names: its index and name.
