@@ -356,7 +356,6 @@ max-age: ## server GOAWAYs gRPC connections older than AGE (AGE=30s [GRACE=10s];
 	else \
 	  echo "watch: kubectl logs -n $(NAMESPACE) deploy/client-grpc -f   (or: make logs)"; \
 	  echo "expect: client-grpc via the L4 Service gets a GOAWAY every $(AGE): conn-requests starts again at 1, often on another pod; no failed calls$(if $(GRACE), (a call still running $(GRACE) after the GOAWAY is cut))"; \
-	  echo "        (a lone 'error: CANCELLED operation was canceled' right at a reconnect is the tonic client racing the GOAWAY: docs/server.md)"; \
 	fi
 
 scale: ## scale the server Deployment to REPLICAS pods, wait, say what to watch
@@ -372,8 +371,9 @@ scale: ## scale the server Deployment to REPLICAS pods, wait, say what to watch
 
 kill-pod: need-cluster ## delete the server pod client-grpc is pinned to (from its last log lines), say what to watch
 	@echo "+ $(KUBECTL) logs -n $(NAMESPACE) deployment/client-grpc -c client-grpc --tail=$(KILL_POD_LINES)"
-	@pod=$$($(KUBECTL) logs -n $(NAMESPACE) deployment/client-grpc -c client-grpc --tail=$(KILL_POD_LINES) | \
-	  awk '$$1 ~ /^#[0-9]+:$$/ && $$2 != "error:" { pod = $$2 } END { print pod }'); \
+	@logs=$$($(KUBECTL) logs -n $(NAMESPACE) deployment/client-grpc -c client-grpc --tail=$(KILL_POD_LINES)) || \
+	  { echo "error: kubectl logs failed (its message is above) — fix: make kube-deploy, or check NAMESPACE=$(NAMESPACE) and your kubectl context" >&2; exit 1; }; \
+	pod=$$(printf '%s\n' "$$logs" | awk '$$1 ~ /^#[0-9]+:$$/ && $$2 != "error:" { pod = $$2 } END { print pod }'); \
 	printf '%s' "$$pod" | grep -Eqx '[a-z0-9]([-a-z0-9.]*[a-z0-9])?' || { echo "error: no answered call in client-grpc's last $(KILL_POD_LINES) log lines (lines like '#12: server-7d9f8-abcde ...') — fix: make kube-deploy, wait a few seconds, check make logs" >&2; exit 1; }; \
 	echo "+ $(KUBECTL) delete pod -n $(NAMESPACE) $$pod --wait=false"; \
 	$(KUBECTL) delete pod -n $(NAMESPACE) "$$pod" --wait=false || exit 1; \

@@ -23,7 +23,8 @@ echo "{tool} $*" >> "$FAKE_LOG"
 case "$1" in
   kustomize) exec "$REAL_KUBECTL" "$@" ;;
   get) [ "$2 $3" = "crd wasmplugins.extensions.istio.io" ] && [ -n "$FAKE_NO_ISTIO" ] && exit 1 ;;
-  logs) [ -n "$FAKE_LOGS" ] && cat "$FAKE_LOGS" ;;
+  logs) [ -n "$FAKE_LOGS_FAIL" ] && { echo "Error from server (Forbidden): pods is forbidden" >&2; exit 1; }
+        [ -n "$FAKE_LOGS" ] && cat "$FAKE_LOGS" ;;
   kube-inject) shift; while [ $# -gt 0 ]; do case "$1" in -f) in=$2; shift;; -o) out=$2; shift;; esac; shift; done
                { echo "# injected"; cat "$in"; } > "$out" ;;
 esac
@@ -408,6 +409,13 @@ def test_kill_pod_deletes_the_pod_of_the_last_answered_call(fakes, tmp_path):
         "kubectl delete pod -n default server-7d9f8-xyz12 --wait=false",
     ]
     assert "watch: " in proc.stdout and "expect: server-7d9f8-xyz12 drains" in proc.stdout
+
+
+def test_kill_pod_when_kubectl_logs_fails_says_so_and_deletes_nothing(fakes):
+    proc, calls = fakes("kill-pod", FAKE_LOGS_FAIL="1")
+    assert "Forbidden" in proc.stderr, proc.stderr
+    _one_error_line(proc, "kubectl logs failed")
+    assert not any(c[1] == "delete" for c in calls), calls
 
 
 @pytest.mark.parametrize("lines", ["", "#1: error: UNAVAILABLE connection refused\n", "client-grpc starting\n"])
