@@ -419,12 +419,14 @@ async fn max_age_moves_a_busy_channel_to_new_connections_without_losing_calls() 
 /// waits for the call. With and without a grace.
 #[tokio::test]
 async fn a_call_in_flight_at_the_age_completes_while_new_calls_use_a_new_connection() {
-    for grace in [Some(3000), None] {
+    for grace in [Some(6000), None] {
         let server = start(with_age(300, grace)).await;
         let channel = server.channel().await;
         let mut held = PodClient::new(channel.clone());
         let in_flight =
-            tokio::spawn(async move { held.get_info(InfoRequest { delay_ms: 1200 }).await });
+            // Held 3 s: well past the age (300 ms) and the checks below, on
+            // a loaded machine too.
+            tokio::spawn(async move { held.get_info(InfoRequest { delay_ms: 3000 }).await });
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert!(!in_flight.is_finished(), "grace {grace:?}: ended early");
         let mut client = PodClient::new(channel);
