@@ -604,6 +604,246 @@ mod tests {
         })
     }
 
+    /// A run where pods came and went: calls `(pod or None for a failure,
+    /// arrival ms)`, 10 ms each, and what happened.
+    struct Run {
+        calls: Vec<Record>,
+        times: Vec<Duration>,
+        pods: Vec<String>,
+        events: Vec<Happened>,
+        dns: Vec<DnsAnswer>,
+    }
+
+    impl Run {
+        fn new(pods: &[&str], calls: &[(Option<&str>, u64)]) -> Self {
+            let mut per_pod = std::collections::HashMap::new();
+            let records = calls
+                .iter()
+                .zip(1..)
+                .map(|((pod, _), n)| match pod {
+                    Some(pod) => {
+                        let count = per_pod.entry(*pod).or_insert(0);
+                        *count += 1;
+                        let mut r = answer(n, pod, *count, &format!("{pod}:1"));
+                        r.latency = Duration::from_millis(10);
+                        r
+                    }
+                    None => failure(n, "UNAVAILABLE", "reset"),
+                })
+                .collect();
+            Run {
+                calls: records,
+                times: calls
+                    .iter()
+                    .map(|(_, t)| Duration::from_millis(*t))
+                    .collect(),
+                pods: pods.iter().map(|p| p.to_string()).collect(),
+                events: Vec::new(),
+                dns: Vec::new(),
+            }
+        }
+
+        fn event(mut self, what: &'static str, pod: &str, t_ms: u64, done_ms: u64) -> Self {
+            self.events.push(Happened {
+                t_ms,
+                done_ms,
+                what,
+                pod: Some(pod.into()),
+                detail: String::new(),
+            });
+            self
+        }
+
+        fn problems(&self, check: Check) -> Vec<String> {
+            let mut summary = Summary::default();
+            self.calls.iter().for_each(|r| summary.add(r));
+            check(&Evidence {
+                summary: &summary,
+                calls: &self.calls,
+                times: &self.times,
+                pods: 3,
+                pod_names: &self.pods,
+                events: &self.events,
+                dns_answers: &self.dns,
+                policy: None,
+            })
+        }
+    }
+
+    fn says(problems: &[String], what: &str) -> bool {
+        problems.iter().any(|p| p.contains(what))
+    }
+
+    #[test]
+    fn scale_out_via_l4_must_leave_the_added_pod_uncalled() {
+        let pinned = Run::new(
+            &["a", "b", "c", "d"],
+            &[(Some("a"), 100), (Some("a"), 2000)],
+        )
+        .event("added", "d", 1000, 1100);
+        assert_eq!(
+            pinned.problems(pinned_through_the_scale_out),
+            Vec::<String>::new()
+        );
+        let moved = Run::new(
+            &["a", "b", "c", "d"],
+            &[(Some("a"), 100), (Some("d"), 2000)],
+        )
+        .event("added", "d", 1000, 1100);
+        let found = moved.problems(pinned_through_the_scale_out);
+        assert!(says(&found, "the added pod answered 1 calls"), "{found:?}");
+        let no_event = Run::new(&["a"], &[(Some("a"), 100)]);
+        assert!(says(
+            &no_event.problems(pinned_through_the_scale_out),
+            "no pod was added"
+        ));
+    }
+
+    #[test]
+    fn pod_loss_via_l4_needs_a_failure_then_one_other_pod() {
+        let calls = [
+            (Some("a"), 500),
+            (None, 1010),
+            (Some("b"), 1500),
+            (Some("b"), 2500),
+        ];
+        let good = Run::new(&["a", "b", "c"], &calls).event("killed", "a", 1000, 1005);
+        assert_eq!(
+            good.problems(reconnects_to_another_pod),
+            Vec::<String>::new()
+        );
+        let no_failure = Run::new(&["a", "b", "c"], &[(Some("a"), 500), (Some("b"), 1500)])
+            .event("killed", "a", 1000, 1005);
+        assert!(says(
+            &no_failure.problems(reconnects_to_another_pod),
+            "no call failed"
+        ));
+        let spread = Run::new(
+            &["a", "b", "c"],
+            &[
+                (Some("a"), 500),
+                (None, 1010),
+                (Some("b"), 1500),
+                (Some("c"), 2500),
+            ],
+        )
+        .event("killed", "a", 1000, 1005);
+        let found = spread.problems(reconnects_to_another_pod);
+        assert!(says(&found, "expected one other pod"), "{found:?}");
+        let answered_late = Run::new(
+            &["a", "b", "c"],
+            &[(Some("a"), 500), (None, 1010), (Some("a"), 2000)],
+        )
+        .event("killed", "a", 1000, 1005);
+        let found = answered_late.problems(reconnects_to_another_pod);
+        assert!(
+            says(&found, "a answered 1 calls after it was killed"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn pod_loss_via_sidecar_allows_one_failure_only() {
+        let calls = [
+            (Some("a"), 500),
+            (None, 1010),
+            (None, 1020),
+            (Some("b"), 1500),
+            (Some("c"), 1600),
+        ];
+        let run = Run::new(&["a", "b", "c"], &calls).event("killed", "a", 1000, 1005);
+        let found = run.problems(retries_hide_the_pod_loss);
+        assert!(says(&found, "2 calls failed"), "{found:?}");
+    }
+
+    #[test]
+    fn a_drained_pod_may_finish_its_call_but_take_no_new_one() {
+        let calls = [
+            (Some("a"), 500),
+            (Some("a"), 1005),
+            (Some("b"), 1500),
+            (Some("c"), 1600),
+        ];
+        let good = Run::new(&["a", "b", "c"], &calls).event("drained", "a", 1000, 1002);
+        assert_eq!(good.problems(drains_without_failures), Vec::<String>::new());
+        let late = [
+            (Some("a"), 500),
+            (Some("b"), 1500),
+            (Some("c"), 1600),
+            (Some("a"), 2000),
+        ];
+        let bad = Run::new(&["a", "b", "c"], &late).event("drained", "a", 1000, 1002);
+        let found = bad.problems(drains_without_failures);
+        assert!(
+            says(&found, "started on a after the endpoints dropped it"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn round_robin_must_not_reach_the_new_pod_before_dns_lists_it() {
+        let calls = [
+            (Some("a"), 100),
+            (Some("b"), 1500),
+            (Some("d"), 2100),
+            (Some("c"), 2200),
+        ];
+        let mut good = Run::new(&["a", "b", "c", "d"], &calls).event("added", "d", 1000, 1050);
+        good.dns = vec![
+            DnsAnswer {
+                t_ms: 5,
+                addresses: 3,
+            },
+            DnsAnswer {
+                t_ms: 2000,
+                addresses: 4,
+            },
+        ];
+        assert_eq!(
+            good.problems(added_pod_after_the_next_resolution),
+            Vec::<String>::new()
+        );
+        let early = [
+            (Some("a"), 100),
+            (Some("d"), 1500),
+            (Some("b"), 2100),
+            (Some("c"), 2200),
+        ];
+        let mut bad = Run::new(&["a", "b", "c", "d"], &early).event("added", "d", 1000, 1050);
+        bad.dns = good.dns.clone();
+        let found = bad.problems(added_pod_after_the_next_resolution);
+        assert!(
+            says(&found, "before the DNS answer listing it"),
+            "{found:?}"
+        );
+        bad.dns.clear();
+        let found = bad.problems(added_pod_after_the_next_resolution);
+        assert!(says(&found, "no DNS answer listed 4 pods"), "{found:?}");
+    }
+
+    #[test]
+    fn http_via_sidecars_needs_reused_app_connections() {
+        // Each answer on its own app connection (`answer` gives pod:1 as the
+        // peer, so make them distinct): nothing reused.
+        let fresh: Vec<Record> = ["a", "b", "c"]
+            .iter()
+            .zip(1..)
+            .map(|(pod, n)| answer(n, pod, 1, &format!("s:{n}")))
+            .collect();
+        let found = problems(sidecars_reuse_app_connections, &fresh, 3);
+        assert!(says(&found, "nothing reused them"), "{found:?}");
+        let reused = [
+            answer(1, "pod-0", 1, "s:1"),
+            answer(2, "pod-1", 1, "s:2"),
+            answer(3, "pod-2", 1, "s:3"),
+            answer(4, "pod-0", 2, "s:1"),
+        ];
+        assert_eq!(
+            problems(sidecars_reuse_app_connections, &reused, 3),
+            Vec::<String>::new()
+        );
+    }
+
     #[test]
     fn client_round_robin_needs_exactly_one_reused_connection_per_pod() {
         let one_each = [
