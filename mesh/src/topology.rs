@@ -579,6 +579,22 @@ impl Mesh {
         errors
     }
 
+    /// Connections the client app opened to its sidecar (Envoy's
+    /// `downstream_cx_total` over the outbound listeners); `None` without a
+    /// client sidecar.
+    pub fn client_connections_to_sidecar(&self) -> Option<u64> {
+        let stats = self.client_sidecar.as_ref()?.stats().ok()?;
+        Some(
+            stats
+                .iter()
+                .filter(|(name, _)| {
+                    name.starts_with("http.outbound_") && name.ends_with(".downstream_cx_total")
+                })
+                .map(|(_, v)| v)
+                .sum(),
+        )
+    }
+
     /// The cluster DNS's answers so far (none without it).
     pub fn dns_answers(&self) -> Vec<dns::Answer> {
         self.dns

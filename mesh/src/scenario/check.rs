@@ -26,6 +26,9 @@ pub struct Evidence<'a> {
     pub events: &'a [Happened],
     /// When the cluster DNS answered (scenarios that resolve by DNS).
     pub dns_answers: &'a [DnsAnswer],
+    /// Connections the client app opened to its sidecar, as the sidecar
+    /// counted them (sidecar scenarios).
+    pub client_connections: Option<u64>,
     /// The client sidecar's outbound policy, when a DestinationRule applies.
     pub policy: Option<&'a ClusterPolicy>,
 }
@@ -408,6 +411,13 @@ pub fn sidecars_reuse_app_connections(e: &Evidence) -> Vec<String> {
     let mut problems = Problems::default();
     let reached = problems.every_pod(e);
     problems.no_errors(s);
+    problems.expect(e.client_connections == Some(s.calls), || match e.client_connections {
+        Some(n) => format!(
+            "the client opened {n} connections to its sidecar for {} calls, expected one per call",
+            s.calls
+        ),
+        None => "the client sidecar's connection count could not be read".into(),
+    });
     let connections = connections(s);
     problems.expect(connections < s.ok, || {
         format!(
@@ -600,6 +610,8 @@ mod tests {
             pod_names: &pod_names,
             events: &[],
             dns_answers: &[],
+            // A client with no keep-alive behind a sidecar: one per call.
+            client_connections: Some(records.len() as u64),
             policy: None,
         })
     }
@@ -665,6 +677,7 @@ mod tests {
                 pod_names: &self.pods,
                 events: &self.events,
                 dns_answers: &self.dns,
+                client_connections: None,
                 policy: None,
             })
         }
@@ -841,6 +854,28 @@ mod tests {
         assert_eq!(
             problems(sidecars_reuse_app_connections, &reused, 3),
             Vec::<String>::new()
+        );
+        // The client kept its connection to the sidecar: not what http-mesh shows.
+        let mut summary = Summary::default();
+        reused.iter().for_each(|r| summary.add(r));
+        let pod_names: Vec<String> = (0..3).map(|i| format!("pod-{i}")).collect();
+        let kept = sidecars_reuse_app_connections(&Evidence {
+            summary: &summary,
+            calls: &reused,
+            times: &[],
+            pods: 3,
+            pod_names: &pod_names,
+            events: &[],
+            dns_answers: &[],
+            client_connections: Some(1),
+            policy: None,
+        });
+        assert!(
+            says(
+                &kept,
+                "opened Some(1) connections to its sidecar for 4 calls"
+            ),
+            "{kept:?}"
         );
     }
 

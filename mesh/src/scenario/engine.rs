@@ -74,6 +74,9 @@ pub struct Outcome {
     /// (scenarios that resolve the headless Service).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub dns_answers: Vec<DnsAnswer>,
+    /// Connections the client opened to its sidecar (sidecar scenarios).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_connections_to_sidecar: Option<u64>,
     pub logs: String,
 }
 
@@ -231,6 +234,7 @@ pub fn run_scenario(
             addresses: a.addresses.len(),
         })
         .collect();
+    let client_connections = mesh.client_connections_to_sidecar();
     let mut problems = client.problems;
     problems.extend((scenario.check)(&Evidence {
         summary: &summary,
@@ -240,6 +244,7 @@ pub fn run_scenario(
         pod_names: &pods,
         events: &client.events,
         dns_answers: &dns_answers,
+        client_connections,
         policy: plan.policy.as_ref(),
     }));
     if records.len() as u64 != plan.calls || !summarised {
@@ -304,6 +309,7 @@ pub fn run_scenario(
         failures,
         sidecar_retries: retries,
         dns_answers,
+        client_connections_to_sidecar: client_connections,
         logs: mesh.dir.display().to_string(),
     })
 }
