@@ -873,7 +873,7 @@ mod tests {
         assert!(
             says(
                 &kept,
-                "opened Some(1) connections to its sidecar for 4 calls"
+                "opened 1 connections to its sidecar for 4 calls"
             ),
             "{kept:?}"
         );
