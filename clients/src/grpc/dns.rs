@@ -82,11 +82,7 @@ impl DnsServer {
         // a port (checked when the flags are parsed).
         let port = target.port_u16().unwrap_or(0);
         let host = target.host();
-        if let Ok(ip) = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-        {
+        if let Some(ip) = ip_literal(target) {
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
         let mut name = Name::from_ascii(host)
@@ -125,14 +121,7 @@ impl DnsServer {
     /// One query for the first target that is a name: an error only when the
     /// server does not answer at all. None of the targets is a name: no query.
     pub async fn probe(&self, targets: &[Authority]) -> Result<(), String> {
-        let is_ip = |t: &&Authority| {
-            t.host()
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<IpAddr>()
-                .is_ok()
-        };
-        let Some(first) = targets.iter().find(|t| !is_ip(t)) else {
+        let Some(first) = targets.iter().find(|t| ip_literal(t).is_none()) else {
             return Ok(());
         };
         match self.lookup(first).await {
@@ -184,6 +173,17 @@ pub fn parse_dns_server(raw: &str) -> Result<SocketAddr, String> {
         .map_err(|_| {
             format!("--dns-server {raw:?} is not IP:PORT (e.g. --dns-server 127.0.0.1:5353)")
         })
+}
+
+/// The target's host as an IP address, when it is one (`Authority` keeps an
+/// IPv6 literal's brackets): no query needed.
+fn ip_literal(target: &Authority) -> Option<IpAddr> {
+    target
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
