@@ -871,10 +871,7 @@ mod tests {
             policy: None,
         });
         assert!(
-            says(
-                &kept,
-                "opened 1 connections to its sidecar for 4 calls"
-            ),
+            says(&kept, "opened 1 connections to its sidecar for 4 calls"),
             "{kept:?}"
         );
     }

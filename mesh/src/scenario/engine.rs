@@ -374,9 +374,12 @@ fn run_client(
     let mut printer = LinePrinter::new(options.all_lines || options.quiet);
     let mut pending = events.iter();
     let mut next = pending.next();
+    // When the next event is due; a kill waits for a call to be in flight.
+    let mut due = next.map(|e| start + e.at);
+    let mut timing = Timing::OnTime;
     loop {
-        let received = match next {
-            Some(event) => lines.recv_timeout(event.at.saturating_sub(start.elapsed())),
+        let received = match due {
+            Some(due) => lines.recv_timeout(due.saturating_duration_since(Instant::now())),
             None => lines
                 .recv()
                 .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
@@ -394,10 +397,21 @@ fn run_client(
                     {
                         printer.offer(record, before);
                     }
+                    if timing == Timing::AwaitingCallEnd {
+                        // The client sent its next call as this one ended.
+                        timing = Timing::MidCall;
+                        due = Some(Instant::now() + INTO_THE_NEXT_CALL);
+                    }
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                let Some(event) = next.take() else { continue };
+                let Some(event) = next else { continue };
+                if timing == Timing::OnTime && event.action.lands_mid_call() {
+                    timing = Timing::AwaitingCallEnd;
+                    due = Some(Instant::now() + CALL_END_WAIT);
+                    continue;
+                }
+                timing = Timing::OnTime;
                 match events::apply(event, mesh, &run.output.records, start) {
                     Ok(happened) => {
                         if !options.quiet {
@@ -417,6 +431,7 @@ fn run_client(
                         pending = [].iter();
                     }
                 }
+                due = next.map(|e| (start + e.at).max(Instant::now()));
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
@@ -435,6 +450,25 @@ fn run_client(
     }
     Ok(run)
 }
+
+/// Where a due event stands: a kill is applied while a call is in flight,
+/// as a pod dies under load (the demo's client makes one call at a time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timing {
+    /// Apply when due.
+    OnTime,
+    /// Due, waiting for the client's current call to end (its next one
+    /// starts at once: `--interval 0`).
+    AwaitingCallEnd,
+    /// A call just started: apply a moment into it.
+    MidCall,
+}
+
+/// How far into the next call a kill lands (the scenarios that kill hold
+/// each call 100 ms).
+const INTO_THE_NEXT_CALL: Duration = Duration::from_millis(20);
+/// How long a kill waits for a call to end before it goes ahead anyway.
+const CALL_END_WAIT: Duration = Duration::from_secs(1);
 
 /// Kills `pid` unless dropped before `after`: no scenario can hang the demo.
 fn watchdog(pid: u32, after: Duration) -> mpsc::Sender<()> {

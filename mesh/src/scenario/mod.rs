@@ -64,12 +64,22 @@ pub enum Action {
     AddPod,
     /// SIGKILL to a pod's app and sidecar; the endpoints still list it until
     /// a [`Action::Publish`] (the node lost it; the kubelet has not told).
+    /// It lands a moment into a call, as a pod dies under load: the engine
+    /// waits for the client's current call to end and kills 20 ms into the
+    /// next (the client must call back to back: `--interval 0`).
     Kill(Which),
     /// SIGTERM to a pod's app (the pod is deleted): it reports NOT_SERVING
     /// and drains; the endpoints drop it at once.
     Drain(Which),
     /// The endpoints and DNS catch up with the pods that run.
     Publish,
+}
+
+impl Action {
+    /// Whether the engine applies it while a call is in flight.
+    pub fn lands_mid_call(self) -> bool {
+        matches!(self, Self::Kill(_))
+    }
 }
 
 /// Which pod an event acts on.
