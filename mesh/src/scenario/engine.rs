@@ -529,7 +529,7 @@ mod tests {
             "client-grpc --host 127.10.3.1:30051 --concurrency 4 --delay 100ms --count 24 --interval 100ms",
             "client-grpc --mode round-robin --host 127.10.1.1:30051,127.10.1.2:30051,127.10.1.3:30051 --count 12 --interval 0",
             "client-grpc --host 127.10.2.1:30051 --count 60 --interval 50ms",
-            "client-grpc --host 127.10.3.1:30051 --count 60 --interval 50ms",
+            "client-grpc --host 127.10.3.1:30051 --count 100 --interval 50ms",
             "client-grpc --mode round-robin --host server-headless.default.svc.cluster.local:30051 --dns-server 127.10.4.1:1053 --resolve-every 2s --count 100 --interval 50ms",
             "client-http --url http://127.10.2.1:80/pod --count 60 --interval 50ms",
             "client-grpc --host 127.10.2.1:30051 --delay 100ms --count 30 --interval 0",
