@@ -108,8 +108,11 @@ impl Envoy {
         let config_path = dir.join(format!("{stem}.json"));
         let log_path = dir.join(format!("{stem}.log"));
         let admin_path = dir.join(format!("{stem}.admin-address"));
-        // A file left by an earlier run would name a dead admin address.
+        // A file left by an earlier run would name a dead admin address,
+        // and Envoy appends to its log: an earlier run's errors would be
+        // read as this one's.
         let _ = std::fs::remove_file(&admin_path);
+        let _ = std::fs::remove_file(&log_path);
         write_json(&config_path, bootstrap)?;
 
         let mut cmd = match options.wrapper.split_first() {
@@ -425,6 +428,23 @@ mod tests {
             None
         );
         assert_eq!(listener_address(&Value::Null, "virtualInbound"), None);
+    }
+
+    /// A second Envoy launched on the same file names starts a fresh log:
+    /// the first run's error lines are not read as the second's.
+    #[test]
+    fn a_relaunch_does_not_inherit_the_previous_logs_errors() {
+        let dir = paths::run_dir("envoy-relaunch").unwrap();
+        std::fs::write(
+            dir.join("envoy.log"),
+            "[2026-01-01 00:00:00.000][1][critical][main] an earlier run\n",
+        )
+        .unwrap();
+        let bootstrap = serde_json::json!({
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        });
+        let envoy = Envoy::launch(&dir, "envoy", &bootstrap, &Options::default()).unwrap();
+        assert_eq!(envoy.error_lines(), Vec::<String>::new());
     }
 
     #[test]

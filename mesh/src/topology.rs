@@ -280,6 +280,13 @@ pub struct Mesh {
     start: PodTemplate,
 }
 
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        // The processes stop as the fields drop, right after this.
+        let _ = std::fs::remove_dir_all(self.endpoints.dir());
+    }
+}
+
 /// What [`Mesh::add_pod`] starts a pod from: what the Deployment's pod
 /// template says.
 struct PodTemplate {
@@ -340,7 +347,10 @@ impl Mesh {
         };
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        let endpoints = EndpointFiles::new(&dir.join("endpoints"))?;
+        // Per process: two meshes of one name (other network namespaces,
+        // a test run twice at once) must not read each other's endpoints.
+        let endpoints =
+            EndpointFiles::new(&dir.join(format!("endpoints.{}", std::process::id())))?;
         let mut mesh = Mesh {
             addrs,
             client_pod: pod_names("client-grpc", 1, seed.rotate_left(17)).remove(0),
