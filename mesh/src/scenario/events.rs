@@ -105,9 +105,9 @@ pub fn apply(
                 "endpoints",
                 None,
                 format!(
-                    "the kubelet reported it; {} list {} pods",
-                    mesh.endpoint_consumers(),
-                    mesh.listed_count()
+                    "the kubelet reported the loss: {} pods published to {}",
+                    mesh.listed_count(),
+                    mesh.endpoint_consumers()
                 ),
             )
         }
