@@ -656,3 +656,43 @@ async fn a_server_without_connection_facts_gives_bare_lines_and_n_a() {
         "{summary}"
     );
 }
+
+/// A server with a short maximum connection age sends GOAWAY while calls
+/// are in flight (3 at a time, each held 50 ms). hyper fails a call handed
+/// to the GOAWAY'd connection without sending it (hyperium/hyper#2500;
+/// `CANCELLED operation was canceled` for a plain tonic client): client-grpc
+/// sends such a call again, so none fails, and the calls move to new
+/// connections as the age passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_a_goaway_left_unsent_are_sent_again_and_none_fails() {
+    let mut config = server::Config::local("pod-aged");
+    config.max_connection_age = Some(Duration::from_millis(150));
+    let server = TestServer::start_with(config).await;
+    let host = server.grpc.to_string();
+    let out = run_client(
+        "grpc-goaway-resend",
+        CLIENT_GRPC,
+        &[
+            "--host",
+            &host,
+            "--count",
+            "90",
+            "--concurrency",
+            "3",
+            "--delay",
+            "50ms",
+            "--interval",
+            "0",
+            "--json",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", out.stderr);
+    let lines = out.json();
+    let summary = &lines.last().unwrap()["summary"];
+    assert_eq!(summary["errors"], 0, "{}", out.stdout);
+    assert_eq!(summary["ok"], 90, "{summary}");
+    // About 1.5 s of calls at a 150 ms age: many connections, not one.
+    assert!(summary["connections"].as_u64().unwrap() >= 4, "{summary}");
+    server.stop().await;
+}
