@@ -349,8 +349,7 @@ impl Mesh {
             .with_context(|| format!("cannot create {}", dir.display()))?;
         // Per process: two meshes of one name (other network namespaces,
         // a test run twice at once) must not read each other's endpoints.
-        let endpoints =
-            EndpointFiles::new(&dir.join(format!("endpoints.{}", std::process::id())))?;
+        let endpoints = EndpointFiles::new(&dir.join(format!("endpoints.{}", std::process::id())))?;
         let mut mesh = Mesh {
             addrs,
             client_pod: pod_names("client-grpc", 1, seed.rotate_left(17)).remove(0),
