@@ -10,6 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod common;
+
+use common::subnet;
 use mesh::{
     scenario::{self, Options},
     topology::{Addresses, Artifacts, Layout, Mesh},
@@ -62,7 +65,7 @@ fn assert_no_process_on(subnet: u8) {
 
 #[test]
 fn an_event_that_cannot_be_applied_fails_the_scenario_with_the_reason() {
-    let subnet = 122;
+    let subnet = subnet("churn: an event that cannot be applied");
     let addrs = Addresses { subnet, pods: 3 };
     // Something else holds the address the 4th pod would get.
     let _squatter = TcpListener::bind(addrs.app_grpc(3)).unwrap();
@@ -80,10 +83,11 @@ fn an_event_that_cannot_be_applied_fails_the_scenario_with_the_reason() {
     );
     assert!(!outcome.passed);
     let problems = outcome.problems.join("\n");
+    let taken = addrs.app_grpc(3).to_string();
     for expected in [
         "the event at t=1.00s failed",
         "adding a pod",
-        "127.122.1.4:30051",
+        taken.as_str(),
         "not free",
     ] {
         assert!(
@@ -103,7 +107,7 @@ fn an_event_that_cannot_be_applied_fails_the_scenario_with_the_reason() {
 
 #[test]
 fn a_cluster_dns_that_cannot_bind_is_a_clear_error_and_nothing_is_left() {
-    let subnet = 123;
+    let subnet = subnet("churn: cluster DNS cannot bind");
     let addrs = Addresses { subnet, pods: 2 };
     let _squatter = UdpSocket::bind(addrs.dns()).unwrap();
     let plugin = scenario::preflight(&manifests::istio_dir(None)).unwrap();
@@ -117,7 +121,8 @@ fn a_cluster_dns_that_cannot_bind_is_a_clear_error_and_nothing_is_left() {
         .expect("start fails");
     let err = format!("{err:#}");
     assert!(
-        err.contains("cluster DNS cannot start on 127.123.4.1:1053") && err.contains("in use"),
+        err.contains(&format!("cluster DNS cannot start on {}", addrs.dns()))
+            && err.contains("in use"),
         "{err}"
     );
     assert_all_free(&[addrs.app_grpc(0), addrs.app_grpc(1)]);
@@ -126,7 +131,7 @@ fn a_cluster_dns_that_cannot_bind_is_a_clear_error_and_nothing_is_left() {
 
 #[test]
 fn ctrl_c_during_a_scale_out_stops_every_pod_including_the_added_one() {
-    let subnet = 124;
+    let subnet = subnet("churn: Ctrl-C mid scale-out");
     let mut child = Command::new(env!("CARGO_BIN_EXE_mesh"))
         .args(["run", "scale-out-mesh", "--subnet", &subnet.to_string()])
         .stdout(Stdio::piped())
@@ -171,7 +176,7 @@ fn ctrl_c_during_a_scale_out_stops_every_pod_including_the_added_one() {
 
 #[test]
 fn a_passing_run_with_a_drained_and_an_added_pod_leaves_nothing() {
-    let subnet = 125;
+    let subnet = subnet("churn: a passing run");
     let istio_dir = manifests::istio_dir(None);
     let plugin = scenario::preflight(&istio_dir).unwrap();
     let artifacts = Artifacts::locate(None, None).expect("make envoy wasm; cargo build --bins");

@@ -1,6 +1,8 @@
 //! The `mesh` binary as scripts use it: `--json` on stdout, whether the run
 //! passes or fails before it starts.
 
+mod common;
+
 use std::process::Command;
 
 fn mesh(args: &[&str]) -> (Option<i32>, serde_json::Value) {
@@ -20,8 +22,9 @@ fn mesh(args: &[&str]) -> (Option<i32>, serde_json::Value) {
 
 #[test]
 fn json_run_reports_the_scenario_outcome() {
+    let subnet = common::subnet("cli: json run").to_string();
     let (code, json) = mesh(&[
-        "run", "grpc-l4", "--json", "--calls", "3", "--subnet", "108",
+        "run", "grpc-l4", "--json", "--calls", "3", "--subnet", &subnet,
     ]);
     assert_eq!(code, Some(0), "{json:#}");
     assert_eq!(json["passed"], true);

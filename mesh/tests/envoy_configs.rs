@@ -1,6 +1,8 @@
 //! Every config the local mesh renders is accepted by the real Envoy
 //! (`--mode validate`), and broken inputs give one clear error.
 
+mod common;
+
 use std::net::SocketAddr;
 
 use mesh::{
@@ -196,7 +198,7 @@ fn an_address_in_use_is_a_clear_error_and_nothing_is_left_running() {
     let artifacts = Artifacts::locate(None, None).expect("make envoy wasm");
     let plugin = our_plugin();
     let addrs = Addresses {
-        subnet: 120,
+        subnet: common::subnet("envoy_configs: address in use"),
         pods: 2,
     };
     let _squatter = std::net::TcpListener::bind(addrs.app_grpc(1)).unwrap();
@@ -205,7 +207,7 @@ fn an_address_in_use_is_a_clear_error_and_nothing_is_left_running() {
         .expect("start fails")
         .to_string();
     assert!(
-        err.contains("127.120.1.2:30051") && err.contains("not free"),
+        err.contains(&addrs.app_grpc(1).to_string()) && err.contains("not free"),
         "{err}"
     );
     // The first pod's address was never taken, so it is free again.
@@ -338,7 +340,7 @@ fn a_refused_plugin_config_is_a_clear_error_with_the_fix() {
     let mut plugin = our_plugin();
     plugin.plugin_config = r#"{"max_tracked_connections":0}"#.into();
     let addrs = Addresses {
-        subnet: 121,
+        subnet: common::subnet("envoy_configs: refused plugin config"),
         pods: 1,
     };
     let layout = Layout {

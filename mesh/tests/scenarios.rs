@@ -5,6 +5,9 @@
 //! the run's JSON (what `mesh run NAME --json` prints) on its own, so a
 //! check that went soft would not pass unnoticed.
 
+mod common;
+
+use common::subnet;
 use mesh::{
     scenario::{self, Options},
     topology::Artifacts,
@@ -102,14 +105,14 @@ fn errors(run: &Value) -> u64 {
     run["summary"]["errors"].as_u64().unwrap()
 }
 
-/// One test per scenario (name, its loopback subnet), and a check that the
+/// One test per scenario (its subnet from `common::SUBNETS`), and a check that the
 /// catalog has no scenario without one.
 macro_rules! scenario_tests {
-    ($($test:ident: $name:literal, $subnet:literal $(, $json:expr)?;)+) => {
+    ($($test:ident: $name:literal $(, $json:expr)?;)+) => {
         $(
             #[test]
             fn $test() {
-                let _run = scenario_passes($name, $subnet);
+                let _run = scenario_passes($name, subnet($name));
                 $( ($json)(&_run); )?
             }
         )+
@@ -128,26 +131,26 @@ macro_rules! scenario_tests {
 }
 
 scenario_tests! {
-    http_client_via_l4_service_spreads_over_all_pods: "http-l4", 101;
-    grpc_client_via_l4_service_is_pinned_to_one_pod: "grpc-l4", 102;
-    grpc_client_via_sidecar_spreads_with_one_connection_per_pod: "grpc-mesh", 103;
-    one_request_per_connection_gives_fresh_connections: "one-per-conn", 104;
-    reuse_rule_rolls_connections_over_at_the_limit: "reuse", 105;
-    tight_pool_overflows_with_unavailable_and_keeps_going: "tight", 106;
-    client_side_round_robin_opens_one_connection_per_pod: "client-rr", 107;
-    scale_out_via_l4_stays_pinned: "scale-out-l4", 111, |run: &Value| {
+    http_client_via_l4_service_spreads_over_all_pods: "http-l4";
+    grpc_client_via_l4_service_is_pinned_to_one_pod: "grpc-l4";
+    grpc_client_via_sidecar_spreads_with_one_connection_per_pod: "grpc-mesh";
+    one_request_per_connection_gives_fresh_connections: "one-per-conn";
+    reuse_rule_rolls_connections_over_at_the_limit: "reuse";
+    tight_pool_overflows_with_unavailable_and_keeps_going: "tight";
+    client_side_round_robin_opens_one_connection_per_pod: "client-rr";
+    scale_out_via_l4_stays_pinned: "scale-out-l4", |run: &Value| {
         let added = event_pod(run, "added");
         assert_eq!(pods_called(run).len(), 1, "{:#}", run["summary"]);
         assert!(!pods_called(run).contains(&added));
     };
-    scale_out_via_sidecar_reaches_the_new_pod_at_once: "scale-out-mesh", 112, |run: &Value| {
+    scale_out_via_sidecar_reaches_the_new_pod_at_once: "scale-out-mesh", |run: &Value| {
         let added = event_pod(run, "added");
         assert_eq!(pods_called(run).len(), 4, "{:#}", run["summary"]);
         let first = first_served_ms(run, added).expect("the added pod served");
         assert!(first + slice_ms(run) > event_ms(run, "added"), "served before it was added");
         assert_eq!(errors(run), 0);
     };
-    scale_out_round_robin_reaches_the_new_pod_after_re_resolving: "scale-out-rr", 117, |run: &Value| {
+    scale_out_round_robin_reaches_the_new_pod_after_re_resolving: "scale-out-rr", |run: &Value| {
         let added = event_pod(run, "added");
         let first = first_served_ms(run, added).expect("the added pod served");
         // The first DNS answer with the 4th pod, after it was added.
@@ -165,11 +168,11 @@ scenario_tests! {
         assert_eq!(pods_called(run).len(), 4);
         assert_eq!(errors(run), 0);
     };
-    scale_out_http_via_l4_reaches_the_new_pod: "scale-out-http", 113, |run: &Value| {
+    scale_out_http_via_l4_reaches_the_new_pod: "scale-out-http", |run: &Value| {
         assert!(pods_called(run).contains(&event_pod(run, "added")));
         assert_eq!(errors(run), 0);
     };
-    pod_loss_via_l4_fails_then_pins_to_another_pod: "pod-loss-l4", 114, |run: &Value| {
+    pod_loss_via_l4_fails_then_pins_to_another_pod: "pod-loss-l4", |run: &Value| {
         let killed = event_pod(run, "killed");
         silent_after(run, "killed");
         assert!(errors(run) >= 1, "{:#}", run["summary"]);
@@ -178,22 +181,22 @@ scenario_tests! {
         assert_eq!(called.len(), 2, "the killed pod, then one other: {called:?}");
         assert!(called.contains(&killed));
     };
-    pod_loss_via_sidecar_fails_at_most_the_call_in_flight: "pod-loss-mesh", 115, |run: &Value| {
+    pod_loss_via_sidecar_fails_at_most_the_call_in_flight: "pod-loss-mesh", |run: &Value| {
         assert!(errors(run) <= 1, "{:#}", run["summary"]);
         assert_eq!(pods_called(run).len(), 3);
         silent_after(run, "killed");
     };
-    drain_via_sidecar_fails_no_call: "drain-mesh", 116, |run: &Value| {
+    drain_via_sidecar_fails_no_call: "drain-mesh", |run: &Value| {
         assert_eq!(errors(run), 0, "{:#}", run["summary"]);
         assert_eq!(pods_called(run).len(), 3);
         silent_after(run, "drained");
     };
-    max_connection_age_spreads_calls_via_l4: "max-age-l4", 118, |run: &Value| {
+    max_connection_age_spreads_calls_via_l4: "max-age-l4", |run: &Value| {
         assert_eq!(errors(run), 0, "{:#}", run["summary"]);
         assert!(run["summary"]["connections"].as_u64().unwrap() >= 4);
         assert!(pods_called(run).len() >= 2);
     };
-    http_via_sidecar_reuses_app_connections: "http-mesh", 119, |run: &Value| {
+    http_via_sidecar_reuses_app_connections: "http-mesh", |run: &Value| {
         let summary = &run["summary"];
         assert_eq!(pods_called(run).len(), 3, "{summary:#}");
         assert!(summary["max_requests_per_connection"].as_u64().unwrap() > 1, "{summary:#}");

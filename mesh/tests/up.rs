@@ -1,5 +1,7 @@
 //! `mesh up` keeps the mesh running and, on Ctrl-C, leaves nothing behind.
 
+mod common;
+
 use std::{
     io::{BufRead as _, BufReader},
     net::TcpListener,
@@ -11,7 +13,8 @@ use mesh::topology::Addresses;
 
 #[test]
 fn up_serves_until_ctrl_c_then_nothing_is_left_listening() {
-    let subnet = 130;
+    let subnet = common::subnet("up: Ctrl-C");
+    let client_sidecar = Addresses { subnet, pods: 2 }.client_sidecar().to_string();
     let mut child = Command::new(env!("CARGO_BIN_EXE_mesh"))
         .args(["up", "--pods", "2", "--subnet", &subnet.to_string()])
         .stdout(Stdio::piped())
@@ -31,14 +34,14 @@ fn up_serves_until_ctrl_c_then_nothing_is_left_listening() {
     let banner = banner.join("\n");
     assert!(banner.contains("local mesh up"), "{banner}");
     assert!(
-        banner.contains("grpcurl -plaintext -v 127.130.3.1:30051"),
+        banner.contains(&format!("grpcurl -plaintext -v {client_sidecar}")),
         "{banner}"
     );
 
     // The client sidecar really answers: one call through the whole mesh.
     let client = std::path::Path::new(env!("CARGO_BIN_EXE_mesh")).with_file_name("client-grpc");
     let out = Command::new(client)
-        .args(["--host", "127.130.3.1:30051", "--count", "1"])
+        .args(["--host", &client_sidecar, "--count", "1"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

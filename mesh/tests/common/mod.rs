@@ -1,0 +1,56 @@
+//! The loopback subnets (`127.<subnet>.x.y`) of the mesh's tests, in one
+//! table: each test binary runs its tests in parallel, and two tests on one
+//! subnet would fight over the same addresses.
+
+// Each test binary uses only its own rows.
+#![allow(dead_code)]
+
+/// (test, subnet). Not 10: `mesh demo`'s default, which a developer may be
+/// running beside the tests.
+pub const SUBNETS: &[(&str, u8)] = &[
+    // scenarios.rs: one per scenario, by name.
+    ("http-l4", 101),
+    ("grpc-l4", 102),
+    ("grpc-mesh", 103),
+    ("one-per-conn", 104),
+    ("reuse", 105),
+    ("tight", 106),
+    ("client-rr", 107),
+    ("scale-out-l4", 111),
+    ("scale-out-mesh", 112),
+    ("scale-out-http", 113),
+    ("pod-loss-l4", 114),
+    ("pod-loss-mesh", 115),
+    ("drain-mesh", 116),
+    ("scale-out-rr", 117),
+    ("max-age-l4", 118),
+    ("http-mesh", 119),
+    ("cli: json run", 108),
+    ("envoy_configs: address in use", 120),
+    ("envoy_configs: refused plugin config", 121),
+    ("churn: an event that cannot be applied", 122),
+    ("churn: cluster DNS cannot bind", 123),
+    ("churn: Ctrl-C mid scale-out", 124),
+    ("churn: a passing run", 125),
+    ("up: Ctrl-C", 130),
+];
+
+/// The subnet of test `key` in [`SUBNETS`].
+pub fn subnet(key: &str) -> u8 {
+    SUBNETS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, subnet)| *subnet)
+        .unwrap_or_else(|| panic!("no subnet for {key:?}: add a row to mesh/tests/common/mod.rs"))
+}
+
+#[test]
+fn test_subnets_are_distinct_and_not_the_demos() {
+    let mut seen = std::collections::BTreeMap::new();
+    for (key, subnet) in SUBNETS {
+        assert_ne!(*subnet, mesh::topology::DEFAULT_SUBNET, "{key}");
+        if let Some(other) = seen.insert(*subnet, *key) {
+            panic!("{key} and {other} both use subnet {subnet}");
+        }
+    }
+}
