@@ -3,7 +3,7 @@
 //! reads `kubectl logs` (the client's own `#N:` lines and a table of pods,
 //! connections, counts and errors).
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use anyhow::bail;
 use serde::{Serialize, Serializer};
@@ -58,6 +58,10 @@ pub struct LinePrinter {
     shown: usize,
     hidden: usize,
     last: Option<String>,
+    /// Pods that answered so far (shown or not).
+    answered: HashSet<String>,
+    /// Calls so far that were the first on their connection.
+    connections_opened: usize,
 }
 
 const HEAD: usize = 6;
@@ -71,27 +75,28 @@ impl LinePrinter {
             shown: 0,
             hidden: 0,
             last: None,
+            answered: HashSet::new(),
+            connections_opened: 0,
         }
     }
 
-    /// `record` as the client prints it (its own formatter), or hidden.
-    pub fn offer(&mut self, record: &Record, before: &[Record]) {
+    /// `record` (the client's next) as the client prints it (its own
+    /// formatter), or hidden.
+    pub fn offer(&mut self, record: &Record) {
         // The sidecar filter's count where it tags, else the app's own.
-        let first_on_connection = |r: &Record| {
-            r.call
-                .upstream_connection_requests()
-                .or(r.call.conn_requests)
-                == Some(1)
-        };
-        let new_connection = first_on_connection(record)
-            && before.iter().filter(|r| first_on_connection(r)).count() < CAP;
+        let first_on_connection = record
+            .call
+            .upstream_connection_requests()
+            .or(record.call.conn_requests)
+            == Some(1);
+        let new_connection = first_on_connection && self.connections_opened < CAP;
+        self.connections_opened += usize::from(first_on_connection);
         // A pod's first answer always shows (at most one line per pod):
         // where a pod added during the run comes in.
-        let new_pod = record.call.outcome.as_ref().is_ok_and(|pod| {
-            !before
-                .iter()
-                .any(|r| r.call.outcome.as_ref().is_ok_and(|p| p == pod))
-        });
+        let new_pod = match &record.call.outcome {
+            Ok(pod) => !self.answered.contains(pod) && self.answered.insert(pod.clone()),
+            Err(_) => false,
+        };
         let interesting = self.shown < HEAD
             || new_pod
             || (self.shown < CAP && (new_connection || record.call.outcome.is_err()));

@@ -393,9 +393,9 @@ fn run_client(
                 if is_record {
                     run.times.push(at);
                     if !options.quiet
-                        && let Some((record, before)) = run.output.records.split_last()
+                        && let Some(record) = run.output.records.last()
                     {
-                        printer.offer(record, before);
+                        printer.offer(record);
                     }
                     if timing == Timing::AwaitingCallEnd {
                         // The client sent its next call as this one ended.
