@@ -287,6 +287,18 @@ impl Drop for Mesh {
     }
 }
 
+/// The client sidecar's Envoy counters a scenario reads, summed over its
+/// outbound listeners and clusters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientSidecarCounts {
+    /// Connections the client app opened to it (`downstream_cx_total`).
+    pub client_connections: u64,
+    /// Requests it sent again (`upstream_rq_retry`).
+    pub retried: u64,
+    /// Connections to pods it failed to open (`upstream_cx_connect_fail`).
+    pub connect_failures: u64,
+}
+
 /// What [`Mesh::add_pod`] starts a pod from: what the Deployment's pod
 /// template says.
 struct PodTemplate {
@@ -588,22 +600,6 @@ impl Mesh {
         errors
     }
 
-    /// Connections the client app opened to its sidecar (Envoy's
-    /// `downstream_cx_total` over the outbound listeners); `None` without a
-    /// client sidecar.
-    pub fn client_connections_to_sidecar(&self) -> Option<u64> {
-        let stats = self.client_sidecar.as_ref()?.stats().ok()?;
-        Some(
-            stats
-                .iter()
-                .filter(|(name, _)| {
-                    name.starts_with("http.outbound_") && name.ends_with(".downstream_cx_total")
-                })
-                .map(|(_, v)| v)
-                .sum(),
-        )
-    }
-
     /// The cluster DNS's answers so far (none without it).
     pub fn dns_answers(&self) -> Vec<dns::Answer> {
         self.dns
@@ -618,19 +614,22 @@ impl Mesh {
         self.listed().len()
     }
 
-    /// What the client sidecar did for failed attempts, summed over its
-    /// outbound clusters: (requests retried, connections that failed to
-    /// open). `None` without a client sidecar or if its admin API is gone.
-    pub fn client_sidecar_retries(&self) -> Option<(u64, u64)> {
+    /// The client sidecar's counters, from one read of its stats; `None`
+    /// without a client sidecar or if its admin API is gone.
+    pub fn client_sidecar_counts(&self) -> Option<ClientSidecarCounts> {
         let stats = self.client_sidecar.as_ref()?.stats().ok()?;
-        let sum = |what: &str| -> u64 {
+        let sum = |prefix: &str, suffix: &str| -> u64 {
             stats
                 .iter()
-                .filter(|(name, _)| name.starts_with("cluster.outbound|") && name.ends_with(what))
+                .filter(|(name, _)| name.starts_with(prefix) && name.ends_with(suffix))
                 .map(|(_, v)| v)
                 .sum()
         };
-        Some((sum(".upstream_rq_retry"), sum(".upstream_cx_connect_fail")))
+        Some(ClientSidecarCounts {
+            client_connections: sum("http.outbound_", ".downstream_cx_total"),
+            retried: sum("cluster.outbound|", ".upstream_rq_retry"),
+            connect_failures: sum("cluster.outbound|", ".upstream_cx_connect_fail"),
+        })
     }
 
     /// The sidecar of server pod `i`'s admin address (stats, config_dump).

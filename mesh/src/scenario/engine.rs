@@ -234,7 +234,8 @@ pub fn run_scenario(
             addresses: a.addresses.len(),
         })
         .collect();
-    let client_connections = mesh.client_connections_to_sidecar();
+    let sidecar_counts = mesh.client_sidecar_counts();
+    let client_connections = sidecar_counts.map(|c| c.client_connections);
     let mut problems = client.problems;
     problems.extend((scenario.check)(&Evidence {
         summary: &summary,
@@ -269,12 +270,11 @@ pub fn run_scenario(
         .then(|| report::failure_window(&records, &client.times))
         .flatten();
     // What the client sidecar hid, where pods came and went.
-    let retries = (!scenario.events.is_empty())
-        .then(|| mesh.client_sidecar_retries())
-        .flatten()
-        .map(|(retried, connect_failures)| report::SidecarRetries {
-            retried,
-            connect_failures,
+    let retries = sidecar_counts
+        .filter(|_| !scenario.events.is_empty())
+        .map(|c| report::SidecarRetries {
+            retried: c.retried,
+            connect_failures: c.connect_failures,
         });
     if !options.quiet {
         print!("{}", report::table(&summary));
