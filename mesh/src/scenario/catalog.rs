@@ -10,6 +10,34 @@ use super::{
     Event, Pods, Scenario, Which, check,
 };
 
+/// A 4th pod added 1 s into the run (`scale-out-*`).
+const SCALE_OUT: &[Event] = &[Event {
+    at: Duration::from_secs(1),
+    action: Action::AddPod,
+}];
+
+/// The pod serving the client killed 1 s in; the endpoints catch up a
+/// second later (`pod-loss-*`).
+const POD_LOSS: &[Event] = &[
+    Event {
+        at: Duration::from_secs(1),
+        action: Action::Kill(Which::Serving),
+    },
+    Event {
+        at: Duration::from_secs(2),
+        action: Action::Publish,
+    },
+];
+
+/// gRPC calls back to back, each held 100 ms: a call is always in flight,
+/// as under load, when a pod dies or drains.
+const CALLS_ALWAYS_IN_FLIGHT: Client = Client {
+    binary: ClientGrpc,
+    args: &["--host", "{target}", "--delay", "100ms"],
+    calls: Calls::AtLeast(30),
+    interval: "0",
+};
+
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         number: 1,
@@ -162,10 +190,7 @@ pub const SCENARIOS: &[Scenario] = &[
             calls: Calls::AtLeast(60),
             interval: "50ms",
         },
-        events: &[Event {
-            at: Duration::from_secs(1),
-            action: Action::AddPod,
-        }],
+        events: SCALE_OUT,
         expected: "no call reaches the new pod: the one connection stays pinned to its pod (kube-proxy balances connections, not calls)",
         check: check::pinned_through_the_scale_out,
     },
@@ -185,10 +210,7 @@ pub const SCENARIOS: &[Scenario] = &[
             calls: Calls::AtLeast(100),
             interval: "50ms",
         },
-        events: &[Event {
-            at: Duration::from_secs(1),
-            action: Action::AddPod,
-        }],
+        events: SCALE_OUT,
         expected: "the sidecar gets the new endpoint by EDS and sends it calls at once (within about a second: 30 calls); no call fails",
         check: check::added_pod_gets_calls_at_once,
     },
@@ -217,10 +239,7 @@ pub const SCENARIOS: &[Scenario] = &[
             calls: Calls::AtLeast(100),
             interval: "50ms",
         },
-        events: &[Event {
-            at: Duration::from_secs(1),
-            action: Action::AddPod,
-        }],
+        events: SCALE_OUT,
         expected: "the DNS answer lists the new pod at once, but the client asks again only every --resolve-every (2s): the new pod gets calls after that re-resolution, not before",
         check: check::added_pod_after_the_next_resolution,
     },
@@ -238,10 +257,7 @@ pub const SCENARIOS: &[Scenario] = &[
             calls: Calls::AtLeast(60),
             interval: "50ms",
         },
-        events: &[Event {
-            at: Duration::from_secs(1),
-            action: Action::AddPod,
-        }],
+        events: SCALE_OUT,
         expected: "a new connection per call, so kube-proxy's picks include the new pod at once",
         check: check::added_pod_gets_new_connections,
     },
@@ -253,23 +269,8 @@ pub const SCENARIOS: &[Scenario] = &[
         pods: Pods::Exactly(3),
         destination_rule: None,
         server_args: &[],
-        client: Client {
-            binary: ClientGrpc,
-            // A call is always in flight (100 ms each), as under load.
-            args: &["--host", "{target}", "--delay", "100ms"],
-            calls: Calls::AtLeast(30),
-            interval: "0",
-        },
-        events: &[
-            Event {
-                at: Duration::from_secs(1),
-                action: Action::Kill(Which::Serving),
-            },
-            Event {
-                at: Duration::from_secs(2),
-                action: Action::Publish,
-            },
-        ],
+        client: CALLS_ALWAYS_IN_FLIGHT,
+        events: POD_LOSS,
         expected: "the call in flight fails (UNAVAILABLE); the client reconnects through kube-proxy, and until the endpoints drop the dead pod, a reconnect kube-proxy still sends there may fail too; then it is pinned again, to another pod; the failure line says how many calls failed and for how long",
         check: check::reconnects_to_another_pod,
     },
@@ -281,22 +282,8 @@ pub const SCENARIOS: &[Scenario] = &[
         pods: Pods::Exactly(3),
         destination_rule: None,
         server_args: &[],
-        client: Client {
-            binary: ClientGrpc,
-            args: &["--host", "{target}", "--delay", "100ms"],
-            calls: Calls::AtLeast(30),
-            interval: "0",
-        },
-        events: &[
-            Event {
-                at: Duration::from_secs(1),
-                action: Action::Kill(Which::Serving),
-            },
-            Event {
-                at: Duration::from_secs(2),
-                action: Action::Publish,
-            },
-        ],
+        client: CALLS_ALWAYS_IN_FLIGHT,
+        events: POD_LOSS,
         expected: "at most the call in flight on the killed pod fails; until the endpoints drop it, connect failures to it are retried on other pods (Istio's default retries)",
         check: check::retries_hide_the_pod_loss,
     },
@@ -309,12 +296,7 @@ pub const SCENARIOS: &[Scenario] = &[
         destination_rule: None,
         // NOT_SERVING while the endpoint update spreads, as in Kubernetes.
         server_args: &["--drain-grace", "2s"],
-        client: Client {
-            binary: ClientGrpc,
-            args: &["--host", "{target}", "--delay", "100ms"],
-            calls: Calls::AtLeast(30),
-            interval: "0",
-        },
+        client: CALLS_ALWAYS_IN_FLIGHT,
         events: &[Event {
             at: Duration::from_secs(1),
             action: Action::Drain(Which::Serving),
