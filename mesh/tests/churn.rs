@@ -5,42 +5,19 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    net::{SocketAddr, TcpListener, UdpSocket},
+    net::{TcpListener, UdpSocket},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 mod common;
 
-use common::subnet;
+use common::{assert_all_free, interrupt, options, subnet};
 use mesh::{
-    scenario::{self, Options},
+    scenario,
     topology::{Addresses, Artifacts, Layout, Mesh},
 };
 use sidecar::manifests;
-
-fn options(subnet: u8) -> Options {
-    Options {
-        calls: 9,
-        pods: 3,
-        subnet,
-        all_lines: false,
-        quiet: true,
-        seed: 7,
-    }
-}
-
-/// Waits (up to 5 s: killed children are reaped asynchronously) until every
-/// address can be bound again.
-fn assert_all_free(addrs: &[SocketAddr]) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    for addr in addrs {
-        while TcpListener::bind(addr).is_err() {
-            assert!(Instant::now() < deadline, "{addr} still in use");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
 
 /// No process of ours names an address of `subnet` (apps) or its run
 /// folder (Envoys) on its command line.
@@ -153,16 +130,7 @@ fn ctrl_c_during_a_scale_out_stops_every_pod_including_the_added_one() {
         "no pod was added:\n{}",
         seen.join("\n")
     );
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "mesh ignored SIGINT"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    interrupt(&mut child);
     let addrs = Addresses { subnet, pods: 4 };
     assert_all_free(&[
         addrs.app_grpc(3),

@@ -7,11 +7,8 @@
 
 mod common;
 
-use common::subnet;
-use mesh::{
-    scenario::{self, Options},
-    topology::Artifacts,
-};
+use common::{options, subnet};
+use mesh::{scenario, topology::Artifacts};
 use serde_json::Value;
 use sidecar::manifests;
 
@@ -20,16 +17,8 @@ fn scenario_passes(name: &str, subnet: u8) -> Value {
     let plugin = scenario::preflight(&istio_dir).expect("our manifests load");
     let artifacts =
         Artifacts::locate(None, None).expect("artifacts (make envoy wasm; cargo build --bins)");
-    let options = Options {
-        calls: 9,
-        pods: 3,
-        subnet,
-        all_lines: false,
-        quiet: true,
-        seed: 7,
-    };
     let s = scenario::find(name).expect("known scenario");
-    let outcome = scenario::run_scenario(s, &options, &artifacts, &istio_dir, &plugin)
+    let outcome = scenario::run_scenario(s, &options(subnet), &artifacts, &istio_dir, &plugin)
         .expect("scenario runs");
     assert!(
         outcome.passed,

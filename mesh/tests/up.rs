@@ -4,9 +4,7 @@ mod common;
 
 use std::{
     io::{BufRead as _, BufReader},
-    net::TcpListener,
     process::{Command, Stdio},
-    time::{Duration, Instant},
 };
 
 use mesh::topology::Addresses;
@@ -50,33 +48,14 @@ fn up_serves_until_ctrl_c_then_nothing_is_left_listening() {
         "{stdout}"
     );
 
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "mesh up ignored SIGINT"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::interrupt(&mut child);
     let addrs = Addresses { subnet, pods: 2 };
-    // Killed children release their sockets as they are reaped by init.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    for addr in [
+    common::assert_all_free(&[
         addrs.app_grpc(0),
         addrs.app_http(1),
         addrs.sidecar_inbound(1),
         addrs.service_grpc(),
         addrs.client_sidecar(),
         addrs.client_sidecar_admin(),
-    ] {
-        while TcpListener::bind(addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "{addr} still in use after Ctrl-C"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+    ]);
 }

@@ -595,7 +595,18 @@ mod tests {
         }
     }
 
+    /// `check` on `records` from `pods` pods, the client having opened a
+    /// connection to its sidecar per call (no keep-alive).
     fn problems(check: Check, records: &[Record], pods: usize) -> Vec<String> {
+        problems_with_client_connections(check, records, pods, records.len() as u64)
+    }
+
+    fn problems_with_client_connections(
+        check: Check,
+        records: &[Record],
+        pods: usize,
+        client_connections: u64,
+    ) -> Vec<String> {
         let mut summary = Summary::default();
         records.iter().for_each(|r| summary.add(r));
         let times: Vec<Duration> = (0..records.len() as u64)
@@ -610,8 +621,7 @@ mod tests {
             pod_names: &pod_names,
             events: &[],
             dns_answers: &[],
-            // A client with no keep-alive behind a sidecar: one per call.
-            client_connections: Some(records.len() as u64),
+            client_connections: Some(client_connections),
             policy: None,
         })
     }
@@ -856,20 +866,7 @@ mod tests {
             Vec::<String>::new()
         );
         // The client kept its connection to the sidecar: not what http-mesh shows.
-        let mut summary = Summary::default();
-        reused.iter().for_each(|r| summary.add(r));
-        let pod_names: Vec<String> = (0..3).map(|i| format!("pod-{i}")).collect();
-        let kept = sidecars_reuse_app_connections(&Evidence {
-            summary: &summary,
-            calls: &reused,
-            times: &[],
-            pods: 3,
-            pod_names: &pod_names,
-            events: &[],
-            dns_answers: &[],
-            client_connections: Some(1),
-            policy: None,
-        });
+        let kept = problems_with_client_connections(sidecars_reuse_app_connections, &reused, 3, 1);
         assert!(
             says(&kept, "opened 1 connections to its sidecar for 4 calls"),
             "{kept:?}"

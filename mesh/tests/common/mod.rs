@@ -2,8 +2,54 @@
 //! table: each test binary runs its tests in parallel, and two tests on one
 //! subnet would fight over the same addresses.
 
-// Each test binary uses only its own rows.
+// Each test binary uses only some of this.
 #![allow(dead_code)]
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    process::Child,
+    time::{Duration, Instant},
+};
+
+use mesh::scenario::Options;
+
+/// A scenario run as the tests run it: few calls, quiet, fixed pod names.
+pub fn options(subnet: u8) -> Options {
+    Options {
+        calls: 9,
+        pods: 3,
+        subnet,
+        all_lines: false,
+        quiet: true,
+        seed: 7,
+    }
+}
+
+/// Ctrl-C to `child` (the mesh binary), which must exit within 10 s.
+pub fn interrupt(child: &mut Child) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "mesh ignored SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits (up to 5 s: killed children release their sockets as they are
+/// reaped) until every address can be bound again.
+pub fn assert_all_free(addrs: &[SocketAddr]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for addr in addrs {
+        while TcpListener::bind(addr).is_err() {
+            assert!(Instant::now() < deadline, "{addr} still in use");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
 
 /// (test, subnet). Not 10: `mesh demo`'s default, which a developer may be
 /// running beside the tests.
