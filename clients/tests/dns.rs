@@ -60,6 +60,24 @@ fn pod(line: &str) -> &str {
     rest.split_whitespace().next().unwrap_or_default()
 }
 
+/// `client-grpc`'s arguments for `--mode round-robin --host HOST
+/// --dns-server DNS` and `more` flags.
+fn round_robin_args<'a>(host: &'a str, dns: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--host", host, "--mode", "round-robin", "--dns-server", dns];
+    args.extend_from_slice(more);
+    args
+}
+
+/// An address on `ip` where nothing answers DNS: a UDP port bound, then
+/// released.
+fn silent_dns_server(ip: &str) -> String {
+    std::net::UdpSocket::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn calls_rotate_over_the_pods_the_name_resolves_to() {
     let (port, _pods) = start_pods(2, &["pod-a", "pod-b", "pod-c"]).await;
@@ -72,18 +90,7 @@ async fn calls_rotate_over_the_pods_the_name_resolves_to() {
     let out = run_client(
         "grpc-dns-rotate",
         CLIENT_GRPC,
-        &[
-            "--host",
-            &host,
-            "--mode",
-            "round-robin",
-            "--dns-server",
-            &server,
-            "--count",
-            "6",
-            "--interval",
-            "0",
-        ],
+        &round_robin_args(&host, &server, &["--count", "6", "--interval", "0"]),
     )
     .await;
     assert!(out.status.success(), "{}", out.stderr);
@@ -116,20 +123,18 @@ async fn pods_added_to_the_answer_are_called_after_the_next_re_resolution() {
     let mut client = Running::spawn(
         "grpc-dns-pods-come-and-go",
         CLIENT_GRPC,
-        &[
-            "--host",
+        &round_robin_args(
             &host,
-            "--mode",
-            "round-robin",
-            "--dns-server",
             &server,
-            "--resolve-every",
-            "300ms",
-            "--interval",
-            "50ms",
-            "--timeout",
-            "2s",
-        ],
+            &[
+                "--resolve-every",
+                "300ms",
+                "--interval",
+                "50ms",
+                "--timeout",
+                "2s",
+            ],
+        ),
     );
     // No pods yet: NXDOMAIN, reported per call, the client keeps going.
     let line = client.wait_for_line(|l| l.starts_with('#')).await;
@@ -185,28 +190,13 @@ async fn pods_added_to_the_answer_are_called_after_the_next_re_resolution() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_dns_server_is_one_clear_error_and_exit_69_fast() {
     // Bound, then released: nothing answers there.
-    let dead = std::net::UdpSocket::bind("127.55.4.53:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let dead = silent_dns_server("127.55.4.53");
     let host = format!("{NAME}:30051");
     let started = Instant::now();
     let out = run_client(
         "grpc-dns-unreachable",
         CLIENT_GRPC,
-        &[
-            "--host",
-            &host,
-            "--mode",
-            "round-robin",
-            "--dns-server",
-            &dead,
-            "--timeout",
-            "1s",
-            "--count",
-            "3",
-        ],
+        &round_robin_args(&host, &dead, &["--timeout", "1s", "--count", "3"]),
     )
     .await;
     let took = started.elapsed();
@@ -228,29 +218,16 @@ async fn an_unreachable_dns_server_is_one_clear_error_and_exit_69_fast() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ip_literal_targets_are_not_looked_up() {
     let (port, _pods) = start_pods(5, &["pod-a"]).await;
-    let dead = std::net::UdpSocket::bind("127.55.5.53:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let dead = silent_dns_server("127.55.5.53");
     let host = format!("127.55.5.1:{port}");
     let out = run_client(
         "grpc-dns-ip-literal",
         CLIENT_GRPC,
-        &[
-            "--host",
+        &round_robin_args(
             &host,
-            "--mode",
-            "round-robin",
-            "--dns-server",
             &dead,
-            "--timeout",
-            "1s",
-            "--count",
-            "2",
-            "--interval",
-            "0",
-        ],
+            &["--timeout", "1s", "--count", "2", "--interval", "0"],
+        ),
     )
     .await;
     assert!(out.status.success(), "{}", out.stderr);
