@@ -117,10 +117,9 @@ impl LinePrinter {
             (0, _) | (_, None) => {}
             (1, Some(last)) => println!("{last}"),
             (n, Some(last)) => {
-                println!(
-                    "   ⋮ ({} lines not shown; --all-lines shows every line)",
-                    n - 1
-                );
+                let not_shown = n - 1;
+                let lines = if not_shown == 1 { "line" } else { "lines" };
+                println!("   ⋮ ({not_shown} {lines} not shown; --all-lines shows every line)");
                 println!("{last}");
             }
         }

@@ -1,11 +1,13 @@
 //! Pods coming and going never hang a run or leave a process behind: an
 //! event that cannot be applied fails the scenario with its reason, the
 //! cluster DNS that cannot bind is a clear error, and Ctrl-C in the middle
-//! of a scale-out stops the pod added during the run too.
+//! of a scale-out stops the pod added during the run too, and so does a
+//! panic (the unwinding drops the mesh).
 
 use std::{
     io::{BufRead as _, BufReader},
     net::{TcpListener, UdpSocket},
+    panic::{AssertUnwindSafe, catch_unwind},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -17,21 +19,26 @@ use mesh::{
     scenario,
     topology::{Addresses, Artifacts, Layout, Mesh},
 };
-use sidecar::manifests;
+use sidecar::{SidecarPolicies, manifests};
 
-/// No process of ours names an address of `subnet` (apps) or its run
-/// folder (Envoys) on its command line.
-fn assert_no_process_on(subnet: u8) {
+/// Our processes that name an address of `subnet` (apps) or its run folder
+/// (Envoys) on their command lines.
+fn processes_on(subnet: u8) -> Vec<String> {
     let needles = [format!("127.{subnet}."), format!(".subnet-{subnet}/")];
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| needles.iter().any(|n| c.contains(n)) && !c.contains("churn"))
+        .collect()
+}
+
+/// No process of ours is left on `subnet` (within 5 s).
+fn assert_no_process_on(subnet: u8) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let left: Vec<String> = std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-            .filter(|c| needles.iter().any(|n| c.contains(n)) && !c.contains("churn"))
-            .collect();
+        let left = processes_on(subnet);
         if left.is_empty() {
             return;
         }
@@ -155,4 +162,46 @@ fn a_passing_run_with_a_drained_and_an_added_pod_leaves_nothing() {
         assert!(outcome.passed, "{name}: {:?}", outcome.problems);
         assert_no_process_on(subnet);
     }
+}
+
+#[test]
+fn a_panic_after_a_scale_out_stops_every_pod_including_the_added_one() {
+    let subnet = subnet("churn: a panic mid-run");
+    let plugin = scenario::preflight(&manifests::istio_dir(None)).unwrap();
+    let artifacts = Artifacts::locate(None, None).expect("make envoy wasm; cargo build --bins");
+    let layout = Layout {
+        l4_service: true,
+        sidecars: Some(SidecarPolicies::default()),
+        dns: true,
+        ..Layout::default()
+    };
+    let addrs = Addresses { subnet, pods: 3 };
+    let mut running = Vec::new();
+    let unwound = catch_unwind(AssertUnwindSafe(|| {
+        let mut mesh = Mesh::start(&artifacts, addrs, &layout, &plugin, "panic", 1).unwrap();
+        mesh.add_pod().unwrap();
+        mesh.publish().unwrap();
+        running = processes_on(subnet);
+        panic!("a bug in the middle of a run");
+    }));
+    let message = unwound.expect_err("the closure panics");
+    assert_eq!(
+        message.downcast_ref::<&str>(),
+        Some(&"a bug in the middle of a run")
+    );
+    // 4 apps, 4 server sidecars, the client sidecar and the L4 stand-in.
+    assert_eq!(running.len(), 10, "running before the panic: {running:#?}");
+    let added = Addresses { subnet, pods: 4 };
+    assert_all_free(&[
+        added.app_grpc(3),
+        added.sidecar_inbound(3),
+        added.client_sidecar(),
+        added.service_grpc(),
+    ]);
+    assert!(
+        UdpSocket::bind(added.dns()).is_ok(),
+        "the cluster DNS still holds {}",
+        added.dns()
+    );
+    assert_no_process_on(subnet);
 }

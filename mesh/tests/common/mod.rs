@@ -78,6 +78,7 @@ pub const SUBNETS: &[(&str, u8)] = &[
     ("churn: cluster DNS cannot bind", 123),
     ("churn: Ctrl-C mid scale-out", 124),
     ("churn: a passing run", 125),
+    ("churn: a panic mid-run", 126),
     ("up: Ctrl-C", 130),
 ];
 
