@@ -41,20 +41,9 @@ def outbound_cluster(rendering: Path) -> dict:
 
 def test_zero_keeps_istios_default_in_both_renderings(tmp_path):
     copy = istio_copy(tmp_path)
-    (copy / "destinationrules" / "zeros.yaml").write_text(
-        """apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata:
-  name: server
-spec:
-  host: server
-  trafficPolicy:
-    connectionPool:
-      http:
-        maxRequestsPerConnection: 7
-        http2MaxRequests: 0
-"""
-    )
+    # The same file mesh/tests/cli.rs renders.
+    fixture = ROOT / "tests" / "fixtures" / "destinationrule-seven.yaml"
+    shutil.copy(fixture, copy / "destinationrules" / "zeros.yaml")
     result = istio_check(copy)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout + result.stderr
