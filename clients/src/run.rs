@@ -16,7 +16,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use tokio::{
@@ -242,14 +242,15 @@ async fn call_loop<C: Caller>(
         if config.count != 0 && n > config.count {
             return;
         }
-        let started = Instant::now();
+        let (started, clock) = (SystemTime::now(), Instant::now());
         let call = tokio::select! {
             call = caller.call() => call,
             _ = stop.wait_for(|stop| *stop) => return,
         };
         let record = Record {
             n,
-            latency: started.elapsed(),
+            started,
+            latency: clock.elapsed(),
             call,
         };
         // Waits while the output is behind: this is the backpressure.

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{
     CLIENT_GRPC, KillableServer, Running, TestServer, closed_port, run_client, run_client_with_env,
@@ -82,6 +82,13 @@ async fn per_call_mode_opens_a_new_connection_each_call() {
 async fn json_lines_parse_and_the_summary_adds_up() {
     let server = TestServer::start("pod-a").await;
     let host = format!("dns:///{}", server.grpc);
+    let unix_us = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as u64
+    };
+    let before = unix_us();
     let out = run_client(
         "grpc-json",
         CLIENT_GRPC,
@@ -101,6 +108,18 @@ async fn json_lines_parse_and_the_summary_adds_up() {
             "{call}"
         );
         assert!(call["latency_us"].is_u64(), "{call}");
+    }
+    // Each call's wall-clock start: during the run, and one call at a time
+    // (the next starts once the previous one has ended).
+    let after = unix_us();
+    let started = |i: usize| lines[i]["started_unix_us"].as_u64().unwrap();
+    let latency = |i: usize| lines[i]["latency_us"].as_u64().unwrap();
+    assert!(
+        before <= started(0) && started(2) + latency(2) <= after,
+        "{lines:?}"
+    );
+    for i in 1..3 {
+        assert!(started(i) >= started(i - 1) + latency(i - 1), "{lines:?}");
     }
     assert_eq!(
         lines[3],

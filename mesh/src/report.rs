@@ -367,6 +367,7 @@ mod tests {
         });
         Record {
             n,
+            started: std::time::UNIX_EPOCH,
             latency: std::time::Duration::ZERO,
             call,
         }
@@ -385,7 +386,7 @@ mod tests {
     fn records_read_back_and_their_summary_line_is_checked() {
         let mut lines = vec![
             tagged(3, "server-0", "12", 2),
-            r#"{"n":4,"ok":false,"code":"UNAVAILABLE","message":"upstream connect error x=y","latency_us":5}"#.into(),
+            r#"{"n":4,"ok":false,"code":"UNAVAILABLE","message":"upstream connect error x=y","started_unix_us":0,"latency_us":5}"#.into(),
         ];
         let output = read(&lines);
         let ok = &output.records[0];
@@ -406,7 +407,10 @@ mod tests {
         for (line, says) in [
             ("#1: server-0", "not a call record"),
             ("  pod   calls", "not a call record"),
-            (r#"{"n":1,"ok":true,"latency_us":1}"#, "without a pod"),
+            (
+                r#"{"n":1,"ok":true,"started_unix_us":0,"latency_us":1}"#,
+                "without a pod",
+            ),
             (r#"{"summary":{"calls":9}}"#, "disagrees with its 0 records"),
         ] {
             let error = ClientOutput::default()
@@ -428,7 +432,7 @@ mod tests {
             tagged(1, "a", "1", 1),
             tagged(2, "b", "2", 1),
             tagged(3, "a", "1", 2),
-            r#"{"n":4,"ok":false,"code":"UNAVAILABLE","message":"overflow","latency_us":5}"#.into(),
+            r#"{"n":4,"ok":false,"code":"UNAVAILABLE","message":"overflow","started_unix_us":0,"latency_us":5}"#.into(),
         ]);
         let s = &output.summary;
         assert_eq!((s.calls, s.ok, s.errors), (4, 3, 1));
@@ -447,6 +451,7 @@ mod tests {
         };
         Record {
             n,
+            started: std::time::UNIX_EPOCH,
             latency: Duration::ZERO,
             call,
         }

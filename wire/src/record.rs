@@ -2,7 +2,7 @@
 //! (what `kubectl logs` shows) and a JSON object for scripts, which reads
 //! back into the same [`Record`] (the mesh runs the clients with `--json`).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +77,9 @@ impl Call {
 #[serde(into = "JsonRecord", try_from = "JsonRecord")]
 pub struct Record {
     pub n: u64,
+    /// When the call was sent, by the wall clock: other processes on the
+    /// machine (the mesh and its events) can line it up with theirs.
+    pub started: SystemTime,
     pub latency: Duration,
     pub call: Call,
 }
@@ -143,6 +146,7 @@ struct JsonRecord {
     upstream_connection_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     upstream_connection_requests: Option<Count>,
+    started_unix_us: u64,
     latency_us: u64,
 }
 
@@ -156,7 +160,12 @@ enum Count {
 
 impl From<Record> for JsonRecord {
     fn from(record: Record) -> Self {
-        let Record { n, latency, call } = record;
+        let Record {
+            n,
+            started,
+            latency,
+            call,
+        } = record;
         let ok = call.outcome.is_ok();
         let (pod, code, message) = match call.outcome {
             Ok(pod) => (Some(pod), None, None),
@@ -176,9 +185,14 @@ impl From<Record> for JsonRecord {
                 .tags
                 .connection_requests
                 .map(|raw| raw.parse().map_or(Count::Text(raw), Count::Number)),
-            latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+            started_unix_us: micros(started.duration_since(UNIX_EPOCH).unwrap_or_default()),
+            latency_us: micros(latency),
         }
     }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 impl TryFrom<JsonRecord> for Record {
@@ -198,6 +212,7 @@ impl TryFrom<JsonRecord> for Record {
         };
         Ok(Record {
             n: json.n,
+            started: UNIX_EPOCH + Duration::from_micros(json.started_unix_us),
             latency: Duration::from_micros(json.latency_us),
             call: Call {
                 outcome,
@@ -241,6 +256,8 @@ mod tests {
     fn record(n: u64, call: Call) -> Record {
         Record {
             n,
+            // 2026-11-30T22:00:00.000001Z, whole microseconds as in the JSON.
+            started: UNIX_EPOCH + Duration::from_micros(1_796_076_000_000_001),
             latency: Duration::from_micros(850),
             call,
         }
@@ -305,7 +322,7 @@ mod tests {
         call.peer = Some("127.0.0.1:5555".into());
         assert_eq!(
             record(1, call).json_line(),
-            r#"{"n":1,"ok":true,"pod":"server-0","peer":"127.0.0.1:5555","conn_requests":1,"upstream_pod":"server-0","upstream_connection_id":"12","upstream_connection_requests":3,"latency_us":850}"#
+            r#"{"n":1,"ok":true,"pod":"server-0","peer":"127.0.0.1:5555","conn_requests":1,"upstream_pod":"server-0","upstream_connection_id":"12","upstream_connection_requests":3,"started_unix_us":1796076000000001,"latency_us":850}"#
         );
     }
 
@@ -314,7 +331,7 @@ mod tests {
         let call = Call::error("UNAVAILABLE", "refused");
         assert_eq!(
             record(2, call).json_line(),
-            r#"{"n":2,"ok":false,"code":"UNAVAILABLE","message":"refused","latency_us":850}"#
+            r#"{"n":2,"ok":false,"code":"UNAVAILABLE","message":"refused","started_unix_us":1796076000000001,"latency_us":850}"#
         );
     }
 
@@ -353,17 +370,24 @@ mod tests {
     fn lines_that_are_not_records_are_refused_with_the_reason() {
         for (line, reason) in [
             (r#"{"summary":{"calls":1}}"#, "unknown field `summary`"),
-            (r#"{"n":1,"ok":true,"latency_us":1}"#, "without a pod"),
             (
-                r#"{"n":1,"ok":false,"message":"m","latency_us":1}"#,
+                r#"{"n":1,"ok":true,"started_unix_us":0,"latency_us":1}"#,
+                "without a pod",
+            ),
+            (
+                r#"{"n":1,"ok":false,"message":"m","started_unix_us":0,"latency_us":1}"#,
                 "without a code",
             ),
             (
-                r#"{"n":1,"ok":true,"pod":"p","code":"X","latency_us":1}"#,
+                r#"{"n":1,"ok":true,"pod":"p","code":"X","started_unix_us":0,"latency_us":1}"#,
                 "with an error code",
             ),
             (
-                r#"{"n":1,"ok":true,"pod":"p"}"#,
+                r#"{"n":1,"ok":true,"pod":"p","latency_us":1}"#,
+                "missing field `started_unix_us`",
+            ),
+            (
+                r#"{"n":1,"ok":true,"pod":"p","started_unix_us":0}"#,
                 "missing field `latency_us`",
             ),
             ("#1: server-0", "expected value"),

@@ -234,6 +234,7 @@ mod tests {
         call.conn_requests = Some(conn_requests);
         Record {
             n,
+            started: std::time::UNIX_EPOCH,
             latency: Duration::ZERO,
             call,
         }
@@ -252,6 +253,7 @@ mod tests {
     fn err(n: u64, code: &str) -> Record {
         Record {
             n,
+            started: std::time::UNIX_EPOCH,
             latency: Duration::ZERO,
             call: Call::error(code, "boom"),
         }
@@ -371,6 +373,7 @@ mod tests {
     fn a_server_that_reports_no_connection_facts_gives_n_a_not_zero() {
         let bare = |n| Record {
             n,
+            started: std::time::UNIX_EPOCH,
             latency: Duration::ZERO,
             call: Call::ok("server-0"),
         };

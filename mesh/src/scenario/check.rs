@@ -16,8 +16,9 @@ pub struct Evidence<'a> {
     pub summary: &'a Summary,
     /// The client's records, in order.
     pub calls: &'a [Record],
-    /// When each record arrived, after the client started.
-    pub times: &'a [Duration],
+    /// When each call started, after the client started (the client's own
+    /// stamp: the checks compare it with the events' times, no slack).
+    pub starts: &'a [Duration],
     /// Server pods the scenario started with.
     pub pods: usize,
     /// Every pod that ran, in start order (pods added later last).
@@ -232,7 +233,7 @@ pub fn reconnects_to_another_pod(e: &Evidence) -> Vec<String> {
         return problems.into();
     };
     let pod = killed.pod.as_deref().unwrap_or_default();
-    let before: BTreeSet<&str> = pods_answering(e, |t| t < killed.at());
+    let before: BTreeSet<&str> = pods_answering(e, |start| start < killed.at());
     problems.expect(before.len() == 1 && before.contains(pod), || {
         format!("before the kill, calls went to {before:?}, expected only {pod}")
     });
@@ -240,8 +241,8 @@ pub fn reconnects_to_another_pod(e: &Evidence) -> Vec<String> {
     let failed_early = e
         .calls
         .iter()
-        .zip(e.times)
-        .filter(|(c, t)| c.call.outcome.is_err() && *t < &killed.at())
+        .zip(e.starts)
+        .filter(|(c, start)| c.call.outcome.is_err() && **start + c.latency < killed.at())
         .count();
     problems.expect(failed_early == 0, || {
         format!("{failed_early} calls failed before the kill")
@@ -254,7 +255,7 @@ pub fn reconnects_to_another_pod(e: &Evidence) -> Vec<String> {
         e.calls.last().is_some_and(|c| c.call.outcome.is_ok()),
         || "the client did not recover: its last call failed".into(),
     );
-    let after = pods_answering(e, |t| t > killed.done() + CLOCK_SLACK);
+    let after = pods_answering(e, |start| start > killed.done());
     problems.expect(after.len() == 1 && !after.contains(pod), || {
         format!("after the kill, calls went to {after:?}, expected one other pod")
     });
@@ -278,7 +279,7 @@ pub fn retries_hide_the_pod_loss(e: &Evidence) -> Vec<String> {
     });
     problems.not_after(e, killed);
     let pod = killed.pod.as_deref().unwrap_or_default();
-    let after = pods_answering(e, |t| t > killed.done() + CLOCK_SLACK);
+    let after = pods_answering(e, |start| start > killed.done());
     let others = e.pod_names.len() - 1;
     problems.expect(after.len() == others && !after.contains(pod), || {
         format!("after the kill, calls went to {after:?}, expected every other pod ({others})")
@@ -299,11 +300,8 @@ pub fn drains_without_failures(e: &Evidence) -> Vec<String> {
     let started_after: Vec<u64> = e
         .calls
         .iter()
-        .zip(e.times)
-        .filter(|(c, t)| {
-            c.call.outcome.as_deref() == Ok(pod)
-                && t.saturating_sub(c.latency) > drained.done() + CLOCK_SLACK
-        })
+        .zip(e.starts)
+        .filter(|(c, start)| c.call.outcome.as_deref() == Ok(pod) && **start > drained.done())
         .map(|(c, _)| c.n)
         .collect();
     problems.expect(started_after.is_empty(), || {
@@ -312,13 +310,7 @@ pub fn drains_without_failures(e: &Evidence) -> Vec<String> {
     // Calls started after the update: one in flight at the drain ends
     // after it, on the draining pod, as it should.
     let others = e.pod_names.len() - 1;
-    let after: BTreeSet<&str> = e
-        .calls
-        .iter()
-        .zip(e.times)
-        .filter(|(c, t)| t.saturating_sub(c.latency) > drained.done() + CLOCK_SLACK)
-        .filter_map(|(c, _)| c.call.outcome.as_deref().ok())
-        .collect();
+    let after = pods_answering(e, |start| start > drained.done());
     problems.expect(after.len() == others && !after.contains(pod), || {
         format!(
             "calls started after the drain went to {after:?}, expected every other pod ({others})"
@@ -364,14 +356,14 @@ pub fn added_pod_after_the_next_resolution(e: &Evidence) -> Vec<String> {
         Some(&first) => {
             problems.expect(first >= learned, || {
                 format!(
-                    "the added pod answered at t={:.2}s, before the DNS answer listing it (t={:.2}s)",
+                    "the added pod's first call started at t={:.2}s, before the DNS answer listing it (t={:.2}s)",
                     first.as_secs_f64(),
                     learned.as_secs_f64()
                 )
             });
             problems.expect(first <= learned + ONE_ROTATION, || {
                 format!(
-                    "the added pod's first call came {:?} after the client learned of it",
+                    "the added pod's first call started {:?} after the client learned of it",
                     first.saturating_sub(learned)
                 )
             });
@@ -434,29 +426,26 @@ pub fn sidecars_reuse_app_connections(e: &Evidence) -> Vec<String> {
     problems.into()
 }
 
-/// The engine reads a call's end when the client prints it, a little after
-/// the call ended (longer on a loaded machine).
-const CLOCK_SLACK: Duration = Duration::from_millis(300);
 /// Envoy's LEAST_REQUEST picks among 4 idle pods at random: the new pod is
 /// missed 30 calls in a row with odds (3/4)^30, about 2 in 10,000.
 const NEW_ENDPOINT_CALLS: usize = 30;
 
-/// Arrival times of the calls `event`'s pod answered.
+/// When the calls `event`'s pod answered started.
 fn answered_by(e: &Evidence, event: &Happened) -> Vec<Duration> {
     let pod = event.pod.as_deref().unwrap_or_default();
     e.calls
         .iter()
-        .zip(e.times)
+        .zip(e.starts)
         .filter(|(c, _)| c.call.outcome.as_deref() == Ok(pod))
         .map(|(_, t)| *t)
         .collect()
 }
 
-/// The pods that answered calls arriving at times `when` accepts.
+/// The pods that answered calls started at times `when` accepts.
 fn pods_answering<'e>(e: &'e Evidence, when: impl Fn(Duration) -> bool) -> BTreeSet<&'e str> {
     e.calls
         .iter()
-        .zip(e.times)
+        .zip(e.starts)
         .filter(|(_, t)| when(**t))
         .filter_map(|(c, _)| c.call.outcome.as_deref().ok())
         .collect()
@@ -511,15 +500,16 @@ impl Problems {
     /// picks).
     fn first_call_within(&mut self, e: &Evidence, added: &Happened, calls: usize) {
         let pod = added.pod.as_deref().unwrap_or_default();
-        let after: Vec<(&Record, Duration)> = e
+        let after: Vec<&Record> = e
             .calls
             .iter()
-            .zip(e.times.iter().copied())
-            .filter(|(c, t)| t.saturating_sub(c.latency) >= added.done())
+            .zip(e.starts)
+            .filter(|(_, start)| **start >= added.done())
+            .map(|(c, _)| c)
             .collect();
         let first = after
             .iter()
-            .position(|(c, _)| c.call.outcome.as_deref() == Ok(pod));
+            .position(|c| c.call.outcome.as_deref() == Ok(pod));
         match first {
             None => self.0.push(format!(
                 "the added pod {pod} answered none of the {} calls started after it was published",
@@ -531,10 +521,10 @@ impl Problems {
         }
         let early = answered_by(e, added)
             .into_iter()
-            .filter(|t| *t < added.at())
+            .filter(|start| *start < added.at())
             .count();
         self.expect(early == 0, || {
-            format!("the added pod answered {early} calls before it was added")
+            format!("the added pod answered {early} calls started before it was added")
         });
     }
 
@@ -543,10 +533,13 @@ impl Problems {
         let pod = event.pod.as_deref().unwrap_or_default();
         let late = answered_by(e, event)
             .into_iter()
-            .filter(|t| *t > event.done() + CLOCK_SLACK)
+            .filter(|start| *start > event.done())
             .count();
         self.expect(late == 0, || {
-            format!("{pod} answered {late} calls after it was {}", event.what)
+            format!(
+                "{pod} answered {late} calls started after it was {}",
+                event.what
+            )
         });
     }
 
@@ -582,6 +575,7 @@ mod tests {
         call.peer = Some(peer.into());
         Record {
             n,
+            started: std::time::UNIX_EPOCH,
             latency: Duration::ZERO,
             call,
         }
@@ -590,6 +584,7 @@ mod tests {
     fn failure(n: u64, code: &str, message: &str) -> Record {
         Record {
             n,
+            started: std::time::UNIX_EPOCH,
             latency: Duration::ZERO,
             call: Call::error(code, message),
         }
@@ -609,14 +604,14 @@ mod tests {
     ) -> Vec<String> {
         let mut summary = Summary::default();
         records.iter().for_each(|r| summary.add(r));
-        let times: Vec<Duration> = (0..records.len() as u64)
+        let starts: Vec<Duration> = (0..records.len() as u64)
             .map(Duration::from_millis)
             .collect();
         let pod_names: Vec<String> = (0..pods).map(|i| format!("pod-{i}")).collect();
         check(&Evidence {
             summary: &summary,
             calls: records,
-            times: &times,
+            starts: &starts,
             pods,
             pod_names: &pod_names,
             events: &[],
@@ -627,10 +622,10 @@ mod tests {
     }
 
     /// A run where pods came and went: calls `(pod or None for a failure,
-    /// arrival ms)`, 10 ms each, and what happened.
+    /// start ms)`, 10 ms each, and what happened.
     struct Run {
         calls: Vec<Record>,
-        times: Vec<Duration>,
+        starts: Vec<Duration>,
         pods: Vec<String>,
         events: Vec<Happened>,
         dns: Vec<DnsAnswer>,
@@ -646,16 +641,18 @@ mod tests {
                     Some(pod) => {
                         let count = per_pod.entry(*pod).or_insert(0);
                         *count += 1;
-                        let mut r = answer(n, pod, *count, &format!("{pod}:1"));
-                        r.latency = Duration::from_millis(10);
-                        r
+                        answer(n, pod, *count, &format!("{pod}:1"))
                     }
                     None => failure(n, "UNAVAILABLE", "reset"),
+                })
+                .map(|mut r: Record| {
+                    r.latency = Duration::from_millis(10);
+                    r
                 })
                 .collect();
             Run {
                 calls: records,
-                times: calls
+                starts: calls
                     .iter()
                     .map(|(_, t)| Duration::from_millis(*t))
                     .collect(),
@@ -682,7 +679,7 @@ mod tests {
             check(&Evidence {
                 summary: &summary,
                 calls: &self.calls,
-                times: &self.times,
+                starts: &self.starts,
                 pods: 3,
                 pod_names: &self.pods,
                 events: &self.events,
@@ -724,9 +721,10 @@ mod tests {
 
     #[test]
     fn pod_loss_via_l4_needs_a_failure_then_one_other_pod() {
+        // The call in flight at the kill (started at 995) fails.
         let calls = [
             (Some("a"), 500),
-            (None, 1010),
+            (None, 995),
             (Some("b"), 1500),
             (Some("b"), 2500),
         ];
@@ -760,7 +758,7 @@ mod tests {
         .event("killed", "a", 1000, 1005);
         let found = answered_late.problems(reconnects_to_another_pod);
         assert!(
-            says(&found, "a answered 1 calls after it was killed"),
+            says(&found, "a answered 1 calls started after it was killed"),
             "{found:?}"
         );
     }
@@ -781,9 +779,10 @@ mod tests {
 
     #[test]
     fn a_drained_pod_may_finish_its_call_but_take_no_new_one() {
+        // The call started at 995 finishes on the draining pod.
         let calls = [
             (Some("a"), 500),
-            (Some("a"), 1005),
+            (Some("a"), 995),
             (Some("b"), 1500),
             (Some("c"), 1600),
         ];

@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, ExitStatus},
     sync::mpsc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, bail};
@@ -236,11 +236,12 @@ pub fn run_scenario(
         .collect();
     let sidecar_counts = mesh.client_sidecar_counts();
     let client_connections = sidecar_counts.map(|c| c.client_connections);
+    let starts = call_starts(&records, client.start_wall);
     let mut problems = client.problems;
     problems.extend((scenario.check)(&Evidence {
         summary: &summary,
         calls: &records,
-        times: &client.times,
+        starts: &starts,
         pods: plan.addrs.pods,
         pod_names: &pods,
         events: &client.events,
@@ -327,6 +328,9 @@ pub struct DnsAnswer {
 struct ClientRun {
     /// When the client was started: t = 0.
     start: Instant,
+    /// The same moment by the wall clock, which the client stamps its calls
+    /// with.
+    start_wall: SystemTime,
     output: ClientOutput,
     /// When each record arrived, after the client started.
     times: Vec<Duration>,
@@ -335,6 +339,17 @@ struct ClientRun {
     problems: Vec<String>,
     status: ExitStatus,
     log: PathBuf,
+}
+
+/// When each of `records` started, on the run's clock (t = 0 at
+/// `start_wall`, when the client was started): the client's own stamp,
+/// exact to the microsecond, where the arrival of its line is late by
+/// however long the client took to print it and the engine to read it.
+fn call_starts(records: &[Record], start_wall: SystemTime) -> Vec<Duration> {
+    records
+        .iter()
+        .map(|r| r.started.duration_since(start_wall).unwrap_or_default())
+        .collect()
 }
 
 /// Run the plan's client against `mesh`, reading its records as they come,
@@ -350,7 +365,7 @@ fn run_client(
     let log = mesh.dir.join(format!("{binary}.stderr.log"));
     let mut command = plan.client_command(artifacts);
     let mut client = ChildGuard::spawn_piped(binary, &mut command, &log)?;
-    let start = Instant::now();
+    let (start, start_wall) = (Instant::now(), SystemTime::now());
     let stdout = client.take_stdout().context("client stdout")?;
     let watchdog = watchdog(client.pid(), Duration::from_secs(30 + plan.calls / 10));
     let (lines_tx, lines) = mpsc::channel();
@@ -364,6 +379,7 @@ fn run_client(
     });
     let mut run = ClientRun {
         start,
+        start_wall,
         output: ClientOutput::default(),
         times: Vec::new(),
         events: Vec::new(),
