@@ -21,7 +21,8 @@ pub struct TranslateError {
     pub kind: &'static str,
     /// `metadata.name` (`<unnamed>` without one).
     pub name: String,
-    #[source]
+    /// Not a `#[source]`: the message already says it, and an error chain
+    /// (`{:#}`) would say it twice.
     pub error: FieldError,
 }
 
@@ -222,5 +223,14 @@ mod tests {
         let kind = read::<Outer>(&json!({"kind": "Other", "metadata": {"name": "x"}}), "Test")
             .unwrap_err();
         assert_eq!(kind.to_string(), "Test x: kind: expected Test");
+    }
+
+    /// How `mesh` prints it (`{:#}`, after the file's name).
+    #[test]
+    fn an_error_chain_names_the_field_once() {
+        let err =
+            read::<Outer>(&json!({"kind": "Test", "metadata": {"name": "x"}}), "Test").unwrap_err();
+        let chain = format!("{:#}", anyhow::Error::new(err).context("test.yaml"));
+        assert_eq!(chain, "test.yaml: Test x: spec: missing");
     }
 }
