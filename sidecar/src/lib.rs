@@ -13,8 +13,9 @@
 //!   [`destination_rule::ClusterPolicy`]), [`sidecar_resource`] (the
 //!   Sidecar's `inboundConnectionPool`), [`wasm_plugin`] (which sidecars and
 //!   listeners get the filter), with Istio's [`duration`] syntax; read from
-//!   the files by [`manifests`]. DestinationRule and Sidecar specs are typed
-//!   serde structs; [`resource`] reads them and names a refused field.
+//!   the files by [`manifests`]. DestinationRule, Sidecar and WasmPlugin
+//!   specs are typed serde structs; [`resource`] reads them and names a
+//!   refused field.
 //! - Policies → Envoy: [`inbound`] (server pods), [`outbound`] (the client
 //!   pod), [`wasm_filter`] (the WasmPlugin's HTTP filter, inline or ECDS).
 //! - [`pods`]: the pods' labels and names.

@@ -5,7 +5,9 @@
 //!
 //! Each spec struct lists only the fields the local mesh translates, with
 //! `deny_unknown_fields`: a key it does not list — one of Istio's that the
-//! mesh does not model, or a typo — is refused by name, never dropped.
+//! mesh does not model, or a typo — is refused by name, never dropped. (The
+//! top level of a WasmPlugin's spec is the exception: Istio's keys there that
+//! do not change the filter are warnings; see [`crate::wasm_plugin`].)
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -17,11 +19,12 @@ use crate::pods::SERVER_POD_LABELS;
 #[derive(Debug, thiserror::Error)]
 #[error("{kind} {name}: {error}")]
 pub struct TranslateError {
-    /// `DestinationRule`, `Sidecar`.
+    /// `DestinationRule`, `Sidecar`, `WasmPlugin`.
     pub kind: &'static str,
     /// `metadata.name` (`<unnamed>` without one).
     pub name: String,
-    #[source]
+    /// Not a `#[source]`: the message already says it, and an error chain
+    /// (`{:#}`) would say it twice.
     pub error: FieldError,
 }
 
@@ -58,6 +61,18 @@ pub enum Problem {
     KeepaliveTimeoutRequired,
     #[error("selects no server pod (they are labelled {})", server_pod_labels())]
     SelectsNoServerPod,
+    /// A WasmPlugin's `type: NETWORK`.
+    #[error(
+        "\"NETWORK\" is not translated by the local mesh (it loads HTTP filters only): \
+         refused rather than dropped"
+    )]
+    NetworkPlugin,
+    /// A WasmPlugin's `vmConfig.env[].name` given twice.
+    #[error("duplicate env name {0:?}")]
+    DuplicateEnvName(String),
+    /// A WasmPlugin's `vmConfig.env[].value` beside `valueFrom: HOST`.
+    #[error("value may only be set when valueFrom is INLINE ({0} has valueFrom: HOST)")]
+    EnvValueBesideHost(String),
 }
 
 impl FieldError {
@@ -127,6 +142,9 @@ fn not_translated(key: &str) -> &'static str {
         }
         "tls" => {
             "not translated: sidecars in the local mesh talk plaintext h2c (see docs/local-mesh.md): refused rather than dropped"
+        }
+        "targetRef" | "targetRefs" => {
+            "not translated by the local mesh (it selects by spec.selector): refused rather than dropped"
         }
         _ => "not translated by the local mesh: refused rather than dropped",
     }
@@ -222,5 +240,14 @@ mod tests {
         let kind = read::<Outer>(&json!({"kind": "Other", "metadata": {"name": "x"}}), "Test")
             .unwrap_err();
         assert_eq!(kind.to_string(), "Test x: kind: expected Test");
+    }
+
+    /// How `mesh` prints it (`{:#}`, after the file's name).
+    #[test]
+    fn an_error_chain_names_the_field_once() {
+        let err =
+            read::<Outer>(&json!({"kind": "Test", "metadata": {"name": "x"}}), "Test").unwrap_err();
+        let chain = format!("{:#}", anyhow::Error::new(err).context("test.yaml"));
+        assert_eq!(chain, "test.yaml: Test x: spec: missing");
     }
 }

@@ -1,13 +1,25 @@
 //! WasmPlugin → the pieces istiod puts into the sidecar's wasm filter
 //! ([`crate::wasm_filter`] renders it), and which listeners get it
-//! (`match`). What istiod refuses is refused here; fields that do not change
-//! the rendered filter are warnings naming them.
+//! (`match`). The spec is read into typed structs ([`crate::resource`]):
+//! what istiod refuses is refused here, naming the field; keys of the spec
+//! that do not change the rendered filter are warnings naming them.
 
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+};
+
+use serde::{
+    Deserialize, Deserializer,
+    de::{self, IgnoredAny, Unexpected, Visitor},
+};
 use serde_json::Value;
 
-use crate::wasm_filter::{FailurePolicy, WasmFilter};
-
-use crate::pods::{CLIENT_POD_LABELS, SERVER_POD_LABELS};
+use crate::{
+    pods::{CLIENT_POD_LABELS, SERVER_POD_LABELS},
+    resource::{self, FieldError, Problem, TranslateError},
+    wasm_filter::{FailurePolicy, WasmFilter},
+};
 
 /// What the sidecar's wasm filter is built from.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,11 +54,13 @@ pub enum Side {
 }
 
 /// `match[].mode`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Mode {
     Client,
     Server,
     /// Also what `UNDEFINED` or no mode means in Istio.
+    #[serde(alias = "UNDEFINED")]
     ClientAndServer,
 }
 
@@ -102,213 +116,260 @@ impl WasmPluginSpec {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("WasmPlugin {name}: {problem}")]
-pub struct WasmPluginError {
-    name: String,
-    problem: String,
+/// A refused WasmPlugin: `WasmPlugin <name>: <field>: <why>`, the field a
+/// path from the resource root.
+pub type WasmPluginError = TranslateError;
+
+const KIND: &str = "WasmPlugin";
+
+/// A WasmPlugin's `spec`: what the local mesh models. No
+/// `deny_unknown_fields` here, unlike the structs below: Istio's other keys
+/// (`phase`, `priority`, …) do not change the rendered filter and are
+/// warnings; `targetRef(s)` would change which pods get it and is refused.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", expecting = "an object")]
+struct SpecFields {
+    /// Not an `Option`: `selector: null` is refused, not read as "every pod".
+    #[serde(default)]
+    selector: WorkloadSelector,
+    r#match: Option<Vec<TrafficSelector>>,
+    plugin_name: Option<String>,
+    /// Any JSON: it reaches the filter as written.
+    plugin_config: Option<Value>,
+    fail_strategy: Option<FailStrategy>,
+    vm_config: Option<VmConfig>,
+    r#type: Option<PluginType>,
+    /// Where istio-agent fetches the module from, and how: the local mesh is
+    /// handed the file, so they change nothing here.
+    #[serde(rename = "url")]
+    _url: Option<IgnoredAny>,
+    #[serde(rename = "sha256")]
+    _sha256: Option<IgnoredAny>,
+    #[serde(rename = "imagePullPolicy")]
+    _image_pull_policy: Option<IgnoredAny>,
+    /// Every other key, `null` included: a `targetRef: null` is still a
+    /// targetRef.
+    #[serde(flatten)]
+    unmodelled: BTreeMap<String, IgnoredAny>,
+}
+
+/// `selector`: `matchLabels` only (`matchExpressions`, … refused).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "an object")]
+struct WorkloadSelector {
+    match_labels: Option<BTreeMap<String, String>>,
+}
+
+/// One `match[]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object")]
+struct TrafficSelector {
+    mode: Option<Mode>,
+    /// Not an `Option`: `ports: null` is refused, not read as "every port".
+    #[serde(default)]
+    ports: Vec<PortSelector>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object")]
+struct PortSelector {
+    number: Port,
+}
+
+/// `ports[].number`.
+#[derive(Clone, Copy, Debug)]
+struct Port(u16);
+
+impl<'de> Deserialize<'de> for Port {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Number;
+        impl Visitor<'_> for Number {
+            type Value = Port;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a port 1-65535")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Port, E> {
+                u16::try_from(n)
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .map(Port)
+                    .ok_or_else(|| E::invalid_value(Unexpected::Unsigned(n), &self))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Port, E> {
+                match u64::try_from(n) {
+                    Ok(n) => self.visit_u64(n),
+                    Err(_) => Err(E::invalid_value(Unexpected::Signed(n), &self)),
+                }
+            }
+        }
+        deserializer.deserialize_u16(Number)
+    }
+}
+
+/// `failStrategy`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+enum FailStrategy {
+    #[serde(rename = "FAIL_CLOSE")]
+    Close,
+    #[serde(rename = "FAIL_OPEN")]
+    Open,
+    #[serde(rename = "FAIL_RELOAD")]
+    Reload,
+}
+
+/// `type`: the local mesh loads HTTP filters only.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum PluginType {
+    #[serde(rename = "UNSPECIFIED_PLUGIN_TYPE")]
+    Unspecified,
+    Http,
+    Network,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object")]
+struct VmConfig {
+    env: Option<Vec<EnvVar>>,
+}
+
+/// One `vmConfig.env[]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "an object")]
+struct EnvVar {
+    name: Option<String>,
+    value_from: Option<EnvValueSource>,
+    /// `Some` whenever the key is there, even as `null` (which a plain
+    /// `Option` reads as unset): the CRD's rule beside `valueFrom: HOST` is
+    /// `!has(self.value)`.
+    #[serde(default, deserialize_with = "present")]
+    value: Option<Option<String>>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum EnvValueSource {
+    Inline,
+    Host,
+}
+
+/// For [`EnvVar::value`].
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::deserialize(d).map(Some)
 }
 
 pub fn parse(resource: &Value) -> Result<WasmPluginSpec, WasmPluginError> {
-    let name = resource
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("<unnamed>")
-        .to_owned();
-    let fail = |problem: String| WasmPluginError {
-        name: name.clone(),
-        problem,
-    };
-    if resource.get("kind").and_then(Value::as_str) != Some("WasmPlugin") {
-        return Err(fail("kind: expected WasmPlugin".into()));
-    }
-    let spec = resource
-        .get("spec")
-        .and_then(Value::as_object)
-        .ok_or_else(|| fail("spec: missing".into()))?;
+    let (name, spec): (String, SpecFields) = resource::read(resource, KIND)?;
     let namespace = resource
         .pointer("/metadata/namespace")
         .and_then(Value::as_str)
         .unwrap_or("default")
         .to_owned();
-    let mut warnings = Vec::new();
-    let failure_policy = match spec.get("failStrategy").and_then(Value::as_str) {
-        None | Some("FAIL_CLOSE") => FailurePolicy::FailClosed,
-        Some("FAIL_OPEN") => FailurePolicy::FailOpen,
-        Some("FAIL_RELOAD") => FailurePolicy::FailReload,
-        Some(other) => return Err(fail(format!("spec.failStrategy: unknown value {other:?}"))),
-    };
-    let plugin_config = match spec.get("pluginConfig") {
-        None | Some(Value::Null) => String::new(),
-        Some(config) => config.to_string(),
-    };
-    let mut host_env_keys = Vec::new();
-    let mut env_values = Vec::new();
-    if let Some(env) = resource
-        .pointer("/spec/vmConfig/env")
-        .and_then(Value::as_array)
-    {
-        let mut seen = std::collections::BTreeSet::new();
-        for (i, var) in env.iter().enumerate() {
-            let key = var
-                .get("name")
-                .and_then(Value::as_str)
-                .filter(|k| !k.is_empty())
-                .ok_or_else(|| fail(format!("spec.vmConfig.env[{i}].name: missing")))?;
-            // istiod refuses both (validation, and the CRD's CEL rule).
-            if !seen.insert(key) {
-                return Err(fail(format!(
-                    "spec.vmConfig.env[{i}].name: duplicate env name {key:?}"
-                )));
-            }
-            match var.get("valueFrom").and_then(Value::as_str) {
-                Some("HOST") => {
-                    if var.get("value").is_some() {
-                        return Err(fail(format!(
-                            "spec.vmConfig.env[{i}].value ({key}): value may only be set when valueFrom is INLINE"
-                        )));
-                    }
-                    host_env_keys.push(key.to_owned())
-                }
-                None | Some("INLINE") => env_values.push((
-                    key.to_owned(),
-                    var.get("value")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned(),
-                )),
-                Some(other) => {
-                    return Err(fail(format!(
-                        "spec.vmConfig.env[{i}].valueFrom ({key}): unknown value {other:?}"
-                    )));
-                }
-            }
-        }
-    }
-    let selectors = match spec.get("match") {
-        None | Some(Value::Null) => vec![Selector {
-            mode: Mode::ClientAndServer,
-            ports: Vec::new(),
-        }],
-        Some(Value::Array(entries)) if entries.is_empty() => vec![Selector {
-            mode: Mode::ClientAndServer,
-            ports: Vec::new(),
-        }],
-        Some(Value::Array(entries)) => entries
-            .iter()
-            .enumerate()
-            .map(|(i, entry)| selector(i, entry).map_err(&fail))
-            .collect::<Result<_, _>>()?,
-        Some(other) => return Err(fail(format!("spec.match: expected a list, got {other}"))),
-    };
-    if let Some(kind) = spec.get("type").and_then(Value::as_str)
-        && kind != "HTTP"
-        && kind != "UNSPECIFIED_PLUGIN_TYPE"
-    {
-        return Err(fail(format!(
-            "spec.type: {kind:?} is not translated by the local mesh (it loads HTTP filters only): refused rather than dropped"
-        )));
-    }
-    let mut match_labels = Vec::new();
-    if let Some(selector) = spec.get("selector") {
-        let selector = selector
-            .as_object()
-            .ok_or_else(|| fail("spec.selector: must be an object".into()))?;
-        for (key, labels) in selector {
-            if key != "matchLabels" {
-                return Err(fail(format!(
-                    "spec.selector.{key}: not translated by the local mesh: refused rather than dropped"
-                )));
-            }
-            for (label, value) in labels.as_object().into_iter().flatten() {
-                let value = value.as_str().ok_or_else(|| {
-                    fail(format!(
-                        "spec.selector.matchLabels.{label}: expected a string"
-                    ))
-                })?;
-                match_labels.push((label.clone(), value.to_owned()));
-            }
-        }
-    }
-    for key in ["targetRef", "targetRefs"] {
-        if spec.contains_key(key) {
-            return Err(fail(format!(
-                "spec.{key}: not translated by the local mesh (it selects by spec.selector): refused rather than dropped"
-            )));
-        }
-    }
-    for key in spec.keys() {
-        let modelled = [
-            "selector",
-            "match",
-            "url",
-            "pluginName",
-            "pluginConfig",
-            "failStrategy",
-            "vmConfig",
-            "imagePullPolicy",
-            "sha256",
-            "type",
-        ];
-        if !modelled.contains(&key.as_str()) {
-            warnings.push(format!(
-                "spec.{key} is not modelled by the local mesh and was ignored"
-            ));
-        }
-    }
-    Ok(WasmPluginSpec {
-        namespace,
-        name: name.clone(),
-        plugin_name: spec
-            .get("pluginName")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned(),
-        plugin_config,
-        failure_policy,
-        host_env_keys,
-        env_values,
-        match_labels,
-        selectors,
-        warnings,
-    })
+    spec.into_plugin(namespace, name.clone())
+        .map_err(|error| TranslateError {
+            kind: KIND,
+            name,
+            error,
+        })
 }
 
-/// One `match[]` entry: no mode (or UNDEFINED) means both sides, as in Istio.
-fn selector(i: usize, entry: &Value) -> Result<Selector, String> {
-    let mode = match entry.get("mode").and_then(Value::as_str) {
-        None | Some("UNDEFINED") | Some("CLIENT_AND_SERVER") => Mode::ClientAndServer,
-        Some("CLIENT") => Mode::Client,
-        Some("SERVER") => Mode::Server,
-        Some(other) => return Err(format!("spec.match[{i}].mode: unknown value {other:?}")),
-    };
-    let mut ports = Vec::new();
-    if let Some(list) = entry.get("ports") {
-        let list = list
-            .as_array()
-            .ok_or_else(|| format!("spec.match[{i}].ports: expected a list"))?;
-        for (j, port) in list.iter().enumerate() {
-            let number = port
-                .get("number")
-                .and_then(Value::as_u64)
-                .and_then(|n| u16::try_from(n).ok())
-                .filter(|&n| n > 0)
-                .ok_or_else(|| {
-                    format!(
-                        "spec.match[{i}].ports[{j}].number: expected a port 1-65535, got {port}"
-                    )
-                })?;
-            ports.push(number);
-        }
-    }
-    for key in entry.as_object().into_iter().flat_map(|o| o.keys()) {
-        if key != "mode" && key != "ports" {
-            return Err(format!(
-                "spec.match[{i}].{key}: not translated by the local mesh: refused rather than dropped"
+impl SpecFields {
+    /// What serde cannot check, then the plugin. Errors name the field from
+    /// the resource root.
+    fn into_plugin(self, namespace: String, name: String) -> Result<WasmPluginSpec, FieldError> {
+        if let Some(key) = ["targetRef", "targetRefs"]
+            .into_iter()
+            .find(|key| self.unmodelled.contains_key(*key))
+        {
+            return Err(FieldError::new(
+                format!("spec.{key}"),
+                Problem::NotTranslated(key.into()),
             ));
         }
+        if let Some(PluginType::Network) = self.r#type {
+            return Err(FieldError::new("spec.type", Problem::NetworkPlugin));
+        }
+        let (host_env_keys, env_values) =
+            split_env(self.vm_config.and_then(|vm| vm.env).unwrap_or_default())?;
+        let mut selectors: Vec<Selector> = self
+            .r#match
+            .into_iter()
+            .flatten()
+            .map(|entry| Selector {
+                // No mode means both sides, as UNDEFINED does.
+                mode: entry.mode.unwrap_or(Mode::ClientAndServer),
+                ports: entry.ports.iter().map(|p| p.number.0).collect(),
+            })
+            .collect();
+        // No match (or an empty one) selects every listener, as in Istio.
+        if selectors.is_empty() {
+            selectors.push(Selector {
+                mode: Mode::ClientAndServer,
+                ports: Vec::new(),
+            });
+        }
+        Ok(WasmPluginSpec {
+            namespace,
+            name,
+            plugin_name: self.plugin_name.unwrap_or_default(),
+            plugin_config: self
+                .plugin_config
+                .map(|config| config.to_string())
+                .unwrap_or_default(),
+            failure_policy: match self.fail_strategy {
+                None | Some(FailStrategy::Close) => FailurePolicy::FailClosed,
+                Some(FailStrategy::Open) => FailurePolicy::FailOpen,
+                Some(FailStrategy::Reload) => FailurePolicy::FailReload,
+            },
+            host_env_keys,
+            env_values,
+            match_labels: self.selector.match_labels.into_iter().flatten().collect(),
+            selectors,
+            warnings: self
+                .unmodelled
+                .keys()
+                .map(|key| format!("spec.{key} is not modelled by the local mesh and was ignored"))
+                .collect(),
+        })
     }
-    Ok(Selector { mode, ports })
+}
+
+/// `vmConfig.env` as the filter takes it: the `HOST` names, and the inline
+/// (name, value) pairs.
+type SplitEnv = (Vec<String>, Vec<(String, String)>);
+
+/// `vmConfig.env`, refused as istiod refuses it (validation, and the CRD's
+/// CEL rules).
+fn split_env(env: Vec<EnvVar>) -> Result<SplitEnv, FieldError> {
+    let mut host_env_keys = Vec::new();
+    let mut env_values = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, var) in env.into_iter().enumerate() {
+        let field = |key: &str| format!("spec.vmConfig.env[{i}].{key}");
+        let key = var
+            .name
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| FieldError::new(field("name"), Problem::Missing))?;
+        if !seen.insert(key.clone()) {
+            return Err(FieldError::new(
+                field("name"),
+                Problem::DuplicateEnvName(key),
+            ));
+        }
+        match var.value_from {
+            Some(EnvValueSource::Host) if var.value.is_some() => {
+                return Err(FieldError::new(
+                    field("value"),
+                    Problem::EnvValueBesideHost(key),
+                ));
+            }
+            Some(EnvValueSource::Host) => host_env_keys.push(key),
+            None | Some(EnvValueSource::Inline) => {
+                env_values.push((key, var.value.flatten().unwrap_or_default()))
+            }
+        }
+    }
+    Ok((host_env_keys, env_values))
 }
 
 #[cfg(test)]
@@ -451,5 +512,132 @@ mod tests {
         for spec in [json!({"type": "NETWORK"}), json!({"targetRefs": []})] {
             assert!(plugin(spec.clone()).is_err(), "{spec}");
         }
+    }
+
+    /// A wrong type or an unknown key anywhere in the spec is refused by its
+    /// path, never read as unset or dropped.
+    #[test]
+    fn wrong_types_and_unknown_keys_are_refused_by_path() {
+        for (spec, field) in [
+            (json!(7), "spec"),
+            (json!({"failStrategy": 5}), "spec.failStrategy"),
+            (json!({"pluginName": 5}), "spec.pluginName"),
+            (json!({"type": "TCP"}), "spec.type"),
+            (json!({"match": {"mode": "SERVER"}}), "spec.match"),
+            (
+                json!({"match": [{"ports": [{"number": "80"}]}]}),
+                "spec.match[0].ports[0].number",
+            ),
+            (
+                json!({"match": [{"ports": [{"number": 70000}]}]}),
+                "spec.match[0].ports[0].number",
+            ),
+            (
+                json!({"match": [{"ports": [{}]}]}),
+                "spec.match[0].ports[0]",
+            ),
+            (
+                json!({"match": [{"ports": [{"number": 80, "name": "grpc"}]}]}),
+                "spec.match[0].ports[0].name",
+            ),
+            (
+                json!({"selector": {"matchLabels": {"app": 5}}}),
+                "spec.selector.matchLabels.app",
+            ),
+            (
+                json!({"selector": {"matchLabels": "app=server"}}),
+                "spec.selector.matchLabels",
+            ),
+            (
+                json!({"vmConfig": {"env": "POD_NAME"}}),
+                "spec.vmConfig.env",
+            ),
+            (
+                json!({"vmConfig": {"runtime": "v8"}}),
+                "spec.vmConfig.runtime",
+            ),
+            (
+                json!({"vmConfig": {"env": [{"name": "A", "value": 5}]}}),
+                "spec.vmConfig.env[0].value",
+            ),
+            (
+                json!({"vmConfig": {"env": [{"name": "A", "valuefrom": "HOST"}]}}),
+                "spec.vmConfig.env[0].valuefrom",
+            ),
+            (
+                json!({"vmConfig": {"env": [{"name": "A", "valueFrom": "ENV"}]}}),
+                "spec.vmConfig.env[0].valueFrom",
+            ),
+            (
+                json!({"vmConfig": {"env": [{"name": ""}]}}),
+                "spec.vmConfig.env[0].name",
+            ),
+        ] {
+            let err = plugin(spec.clone()).unwrap_err();
+            assert!(
+                err.starts_with(&format!("WasmPlugin x: {field}: ")),
+                "{spec}: {err}"
+            );
+        }
+        let err = plugin(json!({"type": "NETWORK"})).unwrap_err();
+        assert!(
+            err.contains("spec.type") && err.contains("HTTP filters only"),
+            "{err}"
+        );
+        let err = plugin(json!({"targetRefs": []})).unwrap_err();
+        assert!(
+            err.contains("spec.targetRefs") && err.contains("spec.selector"),
+            "{err}"
+        );
+    }
+
+    /// `null` is unset where unset means the same; where it would select
+    /// more pods or ports than the file says, or the key alone is refused,
+    /// it is refused.
+    #[test]
+    fn null_is_unset_only_where_that_changes_nothing() {
+        let p = plugin(
+            json!({"match": null, "pluginConfig": null, "failStrategy": null,
+                              "vmConfig": {"env": null}}),
+        )
+        .unwrap();
+        assert!(p.applies(Side::Client, 30051) && p.applies(Side::Server, 30051));
+        assert_eq!(p.plugin_config, "");
+        assert_eq!(p.failure_policy, FailurePolicy::FailClosed);
+        for (spec, field) in [
+            (json!({"selector": null}), "spec.selector"),
+            (json!({"match": [{"ports": null}]}), "spec.match[0].ports"),
+            (
+                json!({"vmConfig": {"env": [{"name": "A", "valueFrom": "HOST", "value": null}]}}),
+                "spec.vmConfig.env[0].value",
+            ),
+            (json!({"targetRef": null}), "spec.targetRef"),
+        ] {
+            let err = plugin(spec.clone()).unwrap_err();
+            assert!(
+                err.starts_with(&format!("WasmPlugin x: {field}: ")),
+                "{spec}: {err}"
+            );
+        }
+    }
+
+    /// Keys that only say where istio-agent fetches the module from are
+    /// read silently; any other key the mesh does not model is a warning,
+    /// a misspelt one too (and it is not read).
+    #[test]
+    fn unmodelled_keys_are_warnings() {
+        let p = plugin(
+            json!({"url": "oci://x/y:1", "sha256": "ab", "imagePullPolicy": "Always",
+                              "priority": 10, "failStratgy": "FAIL_OPEN"}),
+        )
+        .unwrap();
+        assert_eq!(
+            p.warnings,
+            [
+                "spec.failStratgy is not modelled by the local mesh and was ignored",
+                "spec.priority is not modelled by the local mesh and was ignored",
+            ]
+        );
+        assert_eq!(p.failure_policy, FailurePolicy::FailClosed);
     }
 }
