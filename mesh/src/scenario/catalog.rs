@@ -211,7 +211,7 @@ pub const SCENARIOS: &[Scenario] = &[
             interval: "50ms",
         },
         events: SCALE_OUT,
-        expected: "the sidecar gets the new endpoint by EDS and sends it calls at once (within about a second: 30 calls); no call fails",
+        expected: "the sidecar gets the new endpoint by EDS and sends it calls at once (within the first 30 calls started after it is published); no call fails",
         check: check::added_pod_gets_calls_at_once,
     },
     Scenario {
