@@ -7,8 +7,8 @@ use clap::{Args, Parser, builder::BoolishValueParser, error::ErrorKind};
 use hyper::header::{HeaderName, HeaderValue};
 
 use crate::{
+    calling_loop::LoopConfig,
     duration::{format_duration, parse_duration},
-    run::LoopConfig,
     summary::Summary,
 };
 

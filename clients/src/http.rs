@@ -18,10 +18,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::{
+    calling_loop::{self, Caller, LoopConfig},
     cli::LoopArgs,
     duration::format_duration,
     record::{Call, error_text, header_value, one_line, tags_from_headers},
-    run::{self, Caller, LoopConfig},
     summary::Summary,
 };
 
@@ -147,7 +147,7 @@ pub async fn run(
             conn: None,
         })
         .collect();
-    run::run(loop_config, callers, out, shutdown).await
+    calling_loop::run(loop_config, callers, out, shutdown).await
 }
 
 pub struct HttpCaller {

@@ -4,18 +4,18 @@
 //!
 //! The binaries are thin: parse flags ([`grpc::Args`], [`http::Args`]) into
 //! plain configs, then [`grpc::run`] / [`http::run`], which drive the shared
-//! loop in [`run`].
+//! loop in [`calling_loop`].
 
+pub mod calling_loop;
 pub mod cli;
 pub mod duration;
 pub mod grpc;
 pub mod http;
 pub mod record;
-pub mod run;
 pub mod signal;
 /// The running totals over the records, from the `wire` crate.
 pub use wire::summary;
 
+pub use calling_loop::LoopConfig;
 pub use record::{Call, CallError, Record, Tags};
-pub use run::LoopConfig;
 pub use summary::Summary;

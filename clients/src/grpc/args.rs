@@ -8,9 +8,9 @@ use hyper::http::uri::Authority;
 
 use super::{Config, dns::parse_dns_server, round_robin::Resolver};
 use crate::{
+    calling_loop::LoopConfig,
     cli::LoopArgs,
     duration::{format_duration, parse_duration},
-    run::LoopConfig,
 };
 
 #[derive(Parser, Debug)]

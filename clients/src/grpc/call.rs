@@ -14,9 +14,9 @@ use tonic::{
 
 use super::{Config, round_robin::Pool};
 use crate::{
+    calling_loop::Caller,
     duration::format_duration,
     record::{Call, error_text, tags_from_headers},
-    run::Caller,
 };
 
 pub(super) fn endpoint(target: &Authority, config: &Config) -> Endpoint {

@@ -19,7 +19,7 @@ pub use call::{GrpcCaller, code_name, status_call};
 pub use round_robin::{Backends, Pool, Resolved, Resolver};
 
 use crate::{
-    run::{self, LoopConfig},
+    calling_loop::{self, LoopConfig},
     summary::Summary,
 };
 use call::{Connection, Shared, endpoint};
@@ -68,5 +68,5 @@ pub async fn run(
             shared: shared.clone(),
         })
         .collect();
-    run::run(loop_config, callers, out, shutdown).await
+    calling_loop::run(loop_config, callers, out, shutdown).await
 }
