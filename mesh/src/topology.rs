@@ -632,6 +632,28 @@ impl Mesh {
         })
     }
 
+    /// The running pods whose sidecars have a request in flight (their
+    /// inbound listeners' `downstream_rq_active`), by index.
+    pub fn pods_with_requests_in_flight(&self) -> Vec<usize> {
+        let in_flight = |sidecar: &Envoy| -> u64 {
+            let Ok(stats) = sidecar.stats() else { return 0 };
+            stats
+                .iter()
+                .filter(|(name, _)| {
+                    name.starts_with("http.inbound_") && name.ends_with(".downstream_rq_active")
+                })
+                .map(|(_, v)| v)
+                .sum()
+        };
+        self.pods
+            .iter()
+            .enumerate()
+            .filter(|(_, pod)| pod.state == PodState::Ready)
+            .filter(|(_, pod)| pod.sidecar.as_ref().is_some_and(|s| in_flight(s) > 0))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
     /// The sidecar of server pod `i`'s admin address (stats, config_dump).
     pub fn sidecar_admin(&self, i: usize) -> SocketAddr {
         self.addrs.sidecar_admin(i)

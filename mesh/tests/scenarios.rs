@@ -75,19 +75,42 @@ fn event_ms(run: &Value, what: &str) -> u64 {
 fn silent_after(run: &Value, what: &str) {
     let pod = event_pod(run, what);
     let from = (event_ms(run, what) + 500) / slice_ms(run) + 1;
-    let row = run["timeline"]["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == pod)
-        .unwrap_or_else(|| panic!("no timeline row for {pod}"));
-    let marks = row["marks"].as_str().unwrap();
+    let marks = marks(run, pod);
     let late = marks
         .chars()
         .skip(from as usize)
         .filter(|&c| c == '#')
         .count();
     assert_eq!(late, 0, "{pod} served calls after it was {what}: {marks}");
+}
+
+/// The timeline row's marks of `pod`.
+fn marks<'a>(run: &'a Value, pod: &str) -> &'a str {
+    run["timeline"]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == pod)
+        .and_then(|r| r["marks"].as_str())
+        .unwrap_or_else(|| panic!("no timeline row for {pod}"))
+}
+
+/// The pod the `what` event acted on answered a call in the half second
+/// after it (the call it struck, finishing there).
+fn served_just_after(run: &Value, what: &str) {
+    let pod = event_pod(run, what);
+    let slice = slice_ms(run);
+    let at = event_ms(run, what);
+    let marks = marks(run, pod);
+    let window: String = marks
+        .chars()
+        .skip((at / slice) as usize)
+        .take((500 / slice + 1) as usize)
+        .collect();
+    assert!(
+        window.contains('#'),
+        "{pod} answered nothing in the 0.5 s after it was {what} at {at} ms: {marks}"
+    );
 }
 
 fn errors(run: &Value) -> u64 {
@@ -178,6 +201,7 @@ scenario_tests! {
     drain_via_sidecar_fails_no_call: "drain-mesh", |run: &Value| {
         assert_eq!(errors(run), 0, "{:#}", run["summary"]);
         assert_eq!(pods_called(run).len(), 3);
+        served_just_after(run, "drained");
         silent_after(run, "drained");
     };
     max_connection_age_spreads_calls_via_l4: "max-age-l4", |run: &Value| {

@@ -299,9 +299,9 @@ pub const SCENARIOS: &[Scenario] = &[
         client: CALLS_ALWAYS_IN_FLIGHT,
         events: &[Event {
             at: Duration::from_secs(1),
-            action: Action::Drain(Which::Serving),
+            action: Action::Drain(Which::InFlight),
         }],
-        expected: "no call fails: the call in flight finishes on the draining pod, and once the endpoints drop it (it is NOT_SERVING) it takes no new call",
+        expected: "no call fails: the call in flight on the draining pod finishes there, and once the endpoints drop it (it is NOT_SERVING) it takes no new call",
         check: check::drains_without_failures,
     },
     Scenario {

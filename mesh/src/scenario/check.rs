@@ -289,8 +289,8 @@ pub fn retries_hide_the_pod_loss(e: &Evidence) -> Vec<String> {
     problems.into()
 }
 
-/// `drain-mesh`: no call fails; once the endpoints drop the draining pod,
-/// no new call goes to it (calls already running finish there).
+/// `drain-mesh`: no call fails; the call in flight on the pod at its SIGTERM
+/// finishes there; once the endpoints drop it, no new call goes to it.
 pub fn drains_without_failures(e: &Evidence) -> Vec<String> {
     let mut problems = Problems::default();
     problems.no_errors(e.summary);
@@ -298,6 +298,15 @@ pub fn drains_without_failures(e: &Evidence) -> Vec<String> {
         return problems.into();
     };
     let pod = drained.pod.as_deref().unwrap_or_default();
+    // The drain struck mid-call: that call finishes on the draining pod.
+    let finished_there = e.calls.iter().zip(e.starts).any(|(c, start)| {
+        c.call.outcome.as_deref() == Ok(pod)
+            && *start < drained.at()
+            && *start + c.latency > drained.at()
+    });
+    problems.expect(finished_there, || {
+        format!("no call in flight on {pod} at the SIGTERM finished there")
+    });
     let started_after: Vec<u64> = e
         .calls
         .iter()
@@ -800,6 +809,18 @@ mod tests {
         assert!(
             says(&found, "started on a after the endpoints dropped it"),
             "{found:?}"
+        );
+        // a's last call ended before the SIGTERM: the drain struck no call.
+        let idle = [
+            (Some("a"), 500),
+            (Some("b"), 995),
+            (Some("b"), 1500),
+            (Some("c"), 1600),
+        ];
+        let struck_nothing = Run::new(&["a", "b", "c"], &idle).event("drained", "a", 1000, 1002);
+        assert_eq!(
+            struck_nothing.problems(drains_without_failures),
+            vec!["no call in flight on a at the SIGTERM finished there".to_string()]
         );
     }
 

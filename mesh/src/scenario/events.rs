@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use serde::Serialize;
 use wire::Record;
 
@@ -59,7 +59,8 @@ pub fn apply(
     calls: &[Record],
     start: Instant,
 ) -> anyhow::Result<Happened> {
-    let began = start.elapsed();
+    // A kill's or drain's time is when it strikes, after finding its pod.
+    let mut began = start.elapsed();
     let (what, pod, detail) = match event.action {
         Action::AddPod => {
             let i = mesh.add_pod().context("adding a pod")?;
@@ -76,6 +77,7 @@ pub fn apply(
         }
         Action::Kill(which) => {
             let (i, name) = pick(mesh, which, calls)?;
+            began = start.elapsed();
             let containers = mesh.pods()[i].containers();
             mesh.kill_pod(i)
                 .with_context(|| format!("killing {name}"))?;
@@ -87,6 +89,7 @@ pub fn apply(
         }
         Action::Drain(which) => {
             let (i, name) = pick(mesh, which, calls)?;
+            began = start.elapsed();
             mesh.drain_pod(i)
                 .with_context(|| format!("draining {name}"))?;
             (
@@ -135,5 +138,27 @@ fn pick(mesh: &Mesh, which: Which, calls: &[Record]) -> anyhow::Result<(usize, S
                 .with_context(|| format!("{name} answered, but the mesh runs no such pod"))?;
             Ok((i, name.clone()))
         }
+        Which::InFlight => {
+            // The request may still be on its way to a server sidecar.
+            let deadline = Instant::now() + IN_FLIGHT_WAIT;
+            loop {
+                match mesh.pods_with_requests_in_flight().as_slice() {
+                    [i] => return Ok((*i, mesh.pods()[*i].name.clone())),
+                    [] if Instant::now() < deadline => std::thread::sleep(IN_FLIGHT_POLL),
+                    [] => {
+                        bail!("no server sidecar had a request in flight within {IN_FLIGHT_WAIT:?}")
+                    }
+                    many => bail!(
+                        "{} server sidecars have requests in flight; the event needs one",
+                        many.len()
+                    ),
+                }
+            }
+        }
     }
 }
+
+/// How long [`Which::InFlight`] waits for the client's call to reach a
+/// server sidecar, and how often it looks.
+const IN_FLIGHT_WAIT: Duration = Duration::from_millis(500);
+const IN_FLIGHT_POLL: Duration = Duration::from_millis(5);

@@ -69,7 +69,8 @@ pub enum Action {
     /// next (the client must call back to back: `--interval 0`).
     Kill(Which),
     /// SIGTERM to a pod's app (the pod is deleted): it reports NOT_SERVING
-    /// and drains; the endpoints drop it at once.
+    /// and drains; the endpoints drop it at once. It lands mid-call, as a
+    /// kill does.
     Drain(Which),
     /// The endpoints and DNS catch up with the pods that run.
     Publish,
@@ -78,7 +79,7 @@ pub enum Action {
 impl Action {
     /// Whether the engine applies it while a call is in flight.
     pub fn lands_mid_call(self) -> bool {
-        matches!(self, Self::Kill(_))
+        matches!(self, Self::Kill(_) | Self::Drain(_))
     }
 }
 
@@ -88,6 +89,11 @@ pub enum Which {
     /// The pod that answered the client's latest call (where its connection
     /// is, on an L4 path).
     Serving,
+    /// The pod whose sidecar has the client's call in flight (behind a
+    /// client sidecar the next call's pod is the sidecar's pick, not the
+    /// last one's): read from the server sidecars' stats a moment into the
+    /// call.
+    InFlight,
 }
 
 /// How the client app reaches the server pods.
