@@ -52,7 +52,7 @@ impl ClientOutput {
 
 /// Shows what `kubectl logs` would, trimmed for long runs: the first lines,
 /// every pod's first answer, every line that opens a new connection or
-/// fails (up to a cap), the last.
+/// fails (up to a cap), the call an event struck, the last.
 pub struct LinePrinter {
     all: bool,
     shown: usize,
@@ -62,6 +62,9 @@ pub struct LinePrinter {
     answered: HashSet<String>,
     /// Calls so far that were the first on their connection.
     connections_opened: usize,
+    /// An event was just shown: the next call (in flight when it struck)
+    /// shows too.
+    after_event: bool,
 }
 
 const HEAD: usize = 6;
@@ -77,6 +80,7 @@ impl LinePrinter {
             last: None,
             answered: HashSet::new(),
             connections_opened: 0,
+            after_event: false,
         }
     }
 
@@ -98,6 +102,7 @@ impl LinePrinter {
             Err(_) => false,
         };
         let interesting = self.shown < HEAD
+            || std::mem::take(&mut self.after_event)
             || new_pod
             || (self.shown < CAP && (new_connection || record.call.outcome.is_err()));
         let line = record.text_line();
@@ -135,6 +140,7 @@ impl LinePrinter {
     pub fn event(&mut self, line: &str) {
         self.flush_hidden();
         println!("   -- {line}");
+        self.after_event = true;
     }
 }
 
