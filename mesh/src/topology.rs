@@ -338,7 +338,11 @@ pub enum PodState {
     /// SIGKILL sent to the app and its sidecar; still listed until the next
     /// [`Mesh::publish`] (the kubelet has not reported it yet).
     Killed,
-    /// Killed and no longer listed.
+    /// SIGSTOP sent to the app and its sidecar (the node is lost): they
+    /// neither answer nor close a connection; still listed until the next
+    /// [`Mesh::publish`] (the node controller has not marked the node yet).
+    Frozen,
+    /// Killed or frozen, and no longer listed.
     Gone,
 }
 
@@ -532,6 +536,28 @@ impl Mesh {
         Ok(())
     }
 
+    /// SIGSTOP to pod `i`'s app and sidecar: the node is lost. Nothing
+    /// resets its connections (as when a node vanishes: no FIN, no RST);
+    /// calls on them wait for the caller's deadline or keepalive. The
+    /// endpoints still list it until the next [`Mesh::publish`]. Stopped
+    /// processes still die by the SIGKILL every process guard sends.
+    pub fn freeze_pod(&mut self, i: usize) -> anyhow::Result<()> {
+        let pod = self.live_pod(i)?;
+        pod.state = PodState::Frozen;
+        let pids = std::iter::once(pod.app.pid()).chain(pod.sidecar.as_ref().map(Envoy::pid));
+        for pid in pids {
+            // SAFETY: kill(2) on our own child's pid.
+            if unsafe { libc::kill(pid as i32, libc::SIGSTOP) } != 0 {
+                bail!(
+                    "cannot send SIGSTOP to {} (pid {pid}): {}",
+                    pod.name,
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// SIGTERM to pod `i`'s app (Kubernetes deleting the pod): it reports
     /// NOT_SERVING, finishes its calls and exits (`--drain-grace`,
     /// `--drain-timeout`). Kubernetes takes a terminating pod out of the
@@ -556,7 +582,7 @@ impl Mesh {
     /// consumer, and waits until each running Envoy lists exactly them.
     pub fn publish(&mut self) -> anyhow::Result<()> {
         for pod in &mut self.pods {
-            if pod.state == PodState::Killed {
+            if matches!(pod.state, PodState::Killed | PodState::Frozen) {
                 pod.state = PodState::Gone;
             }
         }
@@ -748,13 +774,18 @@ impl Mesh {
             .context("updating the cluster DNS")
     }
 
-    /// The pods the endpoints list: ready ones, and killed ones the kubelet
-    /// has not reported yet.
+    /// The pods the endpoints list: ready ones, and killed or frozen ones
+    /// not reported yet.
     fn listed(&self) -> Vec<usize> {
         self.pods
             .iter()
             .enumerate()
-            .filter(|(_, p)| matches!(p.state, PodState::Ready | PodState::Killed))
+            .filter(|(_, p)| {
+                matches!(
+                    p.state,
+                    PodState::Ready | PodState::Killed | PodState::Frozen
+                )
+            })
             .map(|(i, _)| i)
             .collect()
     }

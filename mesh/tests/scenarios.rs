@@ -216,4 +216,18 @@ scenario_tests! {
         let connections = summary["connections"].as_u64().unwrap();
         assert!(connections < summary["ok"].as_u64().unwrap(), "{summary:#}");
     };
+    node_loss_via_sidecar_hangs_calls_until_the_deadline: "node-loss-mesh", |run: &Value| {
+        let summary = &run["summary"];
+        assert!(errors(run) >= 1, "{summary:#}");
+        // The client's deadline, or its sidecar's timer set from the call's
+        // grpc-timeout header: whichever fired first.
+        let codes = summary["errors_by_code"].as_object().unwrap();
+        assert!(
+            codes.keys().all(|c| c == "DEADLINE_EXCEEDED" || c == "UNAVAILABLE"),
+            "{summary:#}"
+        );
+        // Nothing was reset or refused: the sidecar retried nothing.
+        assert_eq!(run["sidecar_retries"]["retried"], 0, "{:#}", run["sidecar_retries"]);
+        silent_after(run, "frozen");
+    };
 }

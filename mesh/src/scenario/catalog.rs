@@ -29,6 +29,20 @@ const POD_LOSS: &[Event] = &[
     },
 ];
 
+/// The node of the pod with the call in flight lost 1 s in; the endpoints
+/// catch up 2 s later (`node-loss-*`; on a cluster, the node controller
+/// takes 40 s and more to mark a silent node).
+const NODE_LOSS: &[Event] = &[
+    Event {
+        at: Duration::from_secs(1),
+        action: Action::Freeze(Which::InFlight),
+    },
+    Event {
+        at: Duration::from_secs(3),
+        action: Action::Publish,
+    },
+];
+
 /// gRPC calls back to back, each held 100 ms: a call is always in flight,
 /// as under load, when a pod dies or drains.
 const CALLS_ALWAYS_IN_FLIGHT: Client = Client {
@@ -341,6 +355,25 @@ pub const SCENARIOS: &[Scenario] = &[
         events: &[],
         expected: "the sidecar balances each request over every pod; the client opens a connection per call, yet the apps see the sidecars' few reused connections (their conn-requests climbs)",
         check: check::sidecars_reuse_app_connections,
+    },
+    Scenario {
+        number: 17,
+        name: "node-loss-mesh",
+        title: "node loss: gRPC client via its sidecar, a pod it calls stops answering (no reset)",
+        path: Sidecar,
+        pods: Pods::Exactly(3),
+        destination_rule: None,
+        server_args: &[],
+        client: Client {
+            // CALLS_ALWAYS_IN_FLIGHT, with a deadline short enough to see
+            // several calls hang before the endpoints catch up.
+            args: &["--host", "{target}", "--delay", "100ms", "--timeout", "1s"],
+            calls: Calls::AtLeast(40),
+            ..CALLS_ALWAYS_IN_FLIGHT
+        },
+        events: NODE_LOSS,
+        expected: "the call in flight on the lost pod hangs until its 1 s deadline: the client gives up (DEADLINE_EXCEEDED), or its sidecar does first (UNAVAILABLE upstream request timeout: Istio's routes honor the call's grpc-timeout); until the endpoints drop the pod the sidecar may pick it again, and those calls hang too: nothing resets a connection, so Istio's default retries never fire; after the endpoints update no call fails",
+        check: check::calls_to_a_lost_pod_hang_until_the_deadline,
     },
 ];
 

@@ -436,6 +436,71 @@ pub fn sidecars_reuse_app_connections(e: &Evidence) -> Vec<String> {
     problems.into()
 }
 
+/// `node-loss-mesh`: the lost pod neither answers nor resets a connection:
+/// the call in flight on it, and any the sidecar sends it before the
+/// endpoints drop it, wait out the client's deadline (nothing was reset or
+/// refused, so no retry policy fires); once the endpoints drop it, no call
+/// fails.
+pub fn calls_to_a_lost_pod_hang_until_the_deadline(e: &Evidence) -> Vec<String> {
+    let mut problems = Problems::default();
+    let (Some(frozen), Some(published)) =
+        (problems.event(e, "frozen"), problems.event(e, "endpoints"))
+    else {
+        return problems.into();
+    };
+    let pod = frozen.pod.as_deref().unwrap_or_default();
+    let failures: Vec<(&Record, Duration)> = e
+        .calls
+        .iter()
+        .zip(e.starts.iter().copied())
+        .filter(|(c, _)| c.call.outcome.is_err())
+        .collect();
+    problems.expect(!failures.is_empty(), || {
+        format!("no call failed, though a call was in flight on {pod} when its node was lost")
+    });
+    for (c, start) in failures {
+        let (code, message) = c
+            .call
+            .outcome
+            .as_ref()
+            .map_or_else(|e| (e.code.as_str(), e.message.as_str()), |_| ("", ""));
+        // Whichever timer fires first: the client's own, or its sidecar's,
+        // which Istio's routes set from the call's `grpc-timeout` header
+        // (`max_grpc_timeout: 0s`) and which answers UNAVAILABLE.
+        let timed_out = code == "DEADLINE_EXCEEDED"
+            || (code == "UNAVAILABLE" && message.contains("upstream request timeout"));
+        problems.expect(timed_out && c.latency >= LOST_POD_DEADLINE_NEAR, || {
+            format!(
+                "call {} failed with {code} {message:?} after {:?}; a call to a lost pod waits out its {LOST_POD_DEADLINE:?} deadline",
+                c.n, c.latency
+            )
+        });
+        problems.expect(
+            start + c.latency >= frozen.at() && start <= published.done(),
+            || {
+                format!(
+                    "call {} failed, but it ended before the node was lost or started after the endpoints dropped the pod",
+                    c.n
+                )
+            },
+        );
+    }
+    problems.not_after(e, frozen);
+    let others = e.pod_names.len() - 1;
+    let after = pods_answering(e, |start| start > published.done());
+    problems.expect(after.len() == others && !after.contains(pod), || {
+        format!("after the endpoints update, calls went to {after:?}, expected every other pod ({others})")
+    });
+    problems.all_tagged(e.summary);
+    problems.into()
+}
+
+/// `node-loss-mesh`'s client deadline (`--timeout`), and how early the
+/// sidecar's timer may fire by the client's clock (the header carries the
+/// time left when the call was sent).
+const LOST_POD_DEADLINE: Duration = Duration::from_secs(1);
+const LOST_POD_DEADLINE_NEAR: Duration = Duration::from_millis(950);
+
 /// Envoy's LEAST_REQUEST picks among 4 idle pods at random: the new pod is
 /// missed 30 calls in a row with odds (3/4)^30, about 2 in 10,000.
 const NEW_ENDPOINT_CALLS: usize = 30;
@@ -785,6 +850,91 @@ mod tests {
         let run = Run::new(&["a", "b", "c"], &calls).event("killed", "a", 1000, 1005);
         let found = run.problems(retries_hide_the_pod_loss);
         assert!(says(&found, "2 calls failed"), "{found:?}");
+    }
+
+    #[test]
+    fn calls_to_a_lost_pod_must_wait_out_the_deadline_until_the_endpoints_drop_it() {
+        // Frozen at 1000 ms, the endpoints updated at 3000-3005 ms; failures
+        // (None) are DEADLINE_EXCEEDED after 1 s unless a test changes them.
+        let run = |calls: &[(Option<&str>, u64)]| {
+            let mut run = Run::new(&["a", "b", "c"], calls)
+                .event("frozen", "a", 1000, 1001)
+                .event("endpoints", "a", 3000, 3005);
+            for r in &mut run.calls {
+                match &r.call.outcome {
+                    // Through the sidecars: every answer tagged.
+                    Ok(pod) => {
+                        r.call.tags.pod = Some(pod.clone());
+                        r.call.tags.connection_id = Some("1".into());
+                    }
+                    Err(_) => {
+                        r.call = Call::error("DEADLINE_EXCEEDED", "no answer within 1s");
+                        r.latency = Duration::from_secs(1);
+                    }
+                }
+            }
+            run
+        };
+        let calls = [
+            (Some("a"), 500),
+            (None, 990),
+            (Some("b"), 2000),
+            (None, 2500),
+            (Some("b"), 3500),
+            (Some("c"), 3600),
+        ];
+        let good = run(&calls);
+        assert_eq!(
+            good.problems(calls_to_a_lost_pod_hang_until_the_deadline),
+            Vec::<String>::new()
+        );
+        let reset = {
+            let mut r = run(&calls);
+            r.calls[1].call = Call::error("UNAVAILABLE", "reset");
+            r
+        };
+        let found = reset.problems(calls_to_a_lost_pod_hang_until_the_deadline);
+        assert!(
+            says(&found, "call 2 failed with UNAVAILABLE \"reset\""),
+            "{found:?}"
+        );
+        let sidecar_timed_out = {
+            let mut r = run(&calls);
+            r.calls[1].call = Call::error("UNAVAILABLE", "upstream request timeout");
+            r.calls[1].latency = Duration::from_millis(999);
+            r
+        };
+        assert_eq!(
+            sidecar_timed_out.problems(calls_to_a_lost_pod_hang_until_the_deadline),
+            Vec::<String>::new()
+        );
+        let short = {
+            let mut r = run(&calls);
+            r.calls[1].latency = Duration::from_millis(200);
+            r
+        };
+        let found = short.problems(calls_to_a_lost_pod_hang_until_the_deadline);
+        assert!(says(&found, "waits out its 1s deadline"), "{found:?}");
+        let late = run(&[
+            (Some("a"), 500),
+            (None, 990),
+            (None, 3100),
+            (Some("b"), 3500),
+            (Some("c"), 3600),
+        ]);
+        let found = late.problems(calls_to_a_lost_pod_hang_until_the_deadline);
+        assert!(
+            says(&found, "call 3 failed, but it ended before"),
+            "{found:?}"
+        );
+        let nothing = run(&[
+            (Some("a"), 500),
+            (Some("b"), 2000),
+            (Some("b"), 3500),
+            (Some("c"), 3600),
+        ]);
+        let found = nothing.problems(calls_to_a_lost_pod_hang_until_the_deadline);
+        assert!(says(&found, "no call failed"), "{found:?}");
     }
 
     #[test]

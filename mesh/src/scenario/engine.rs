@@ -180,12 +180,15 @@ impl Plan {
             &self.calls.to_string(),
             "--interval",
             self.interval,
-            "--timeout",
-            "3s",
             "--json",
             "--summary-every",
             "0",
         ]);
+        // A deadline well above any call's; a scenario about deadlines sets
+        // its own in its arguments.
+        if !self.args.iter().any(|a| a == "--timeout") {
+            command.args(["--timeout", "3s"]);
+        }
         command
     }
 }
@@ -553,6 +556,7 @@ mod tests {
             "client-grpc --host 127.10.3.1:30051 --delay 100ms --count 30 --interval 0",
             "client-grpc --host 127.10.2.1:30051 --count 60 --interval 50ms",
             "client-http --url http://127.10.3.1:80/ --count 30 --interval 0",
+            "client-grpc --host 127.10.3.1:30051 --delay 100ms --timeout 1s --count 40 --interval 0",
         ];
         assert_eq!(SCENARIOS.len(), expected.len());
         for (s, command) in SCENARIOS.iter().zip(expected) {

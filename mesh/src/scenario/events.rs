@@ -8,7 +8,7 @@ use serde::Serialize;
 use wire::Record;
 
 use super::{Action, Event, Which};
-use crate::topology::Mesh;
+use crate::topology::{Mesh, PodState};
 
 /// An event as it happened.
 #[derive(Clone, Debug, Serialize)]
@@ -18,7 +18,7 @@ pub struct Happened {
     /// When the mesh had finished it (the pod ready, the Envoys listing the
     /// new endpoints), milliseconds after the client started.
     pub done_ms: u64,
-    /// `added`, `killed`, `drained` or `endpoints`.
+    /// `added`, `killed`, `frozen`, `drained` or `endpoints`.
     pub what: &'static str,
     /// The pod it acted on (none for `endpoints`).
     pub pod: Option<String>,
@@ -87,6 +87,20 @@ pub fn apply(
                 format!("SIGKILL to {containers}; the endpoints still list it"),
             )
         }
+        Action::Freeze(which) => {
+            let (i, name) = pick(mesh, which, calls)?;
+            began = start.elapsed();
+            let containers = mesh.pods()[i].containers();
+            mesh.freeze_pod(i)
+                .with_context(|| format!("freezing {name}"))?;
+            (
+                "frozen",
+                Some(name),
+                format!(
+                    "its node is lost: SIGSTOP to {containers}, its connections stay open and silent; the endpoints still list it"
+                ),
+            )
+        }
         Action::Drain(which) => {
             let (i, name) = pick(mesh, which, calls)?;
             began = start.elapsed();
@@ -103,12 +117,19 @@ pub fn apply(
             )
         }
         Action::Publish => {
+            // A lost node's kubelet reports nothing: the node controller
+            // marks the node, then its pods, not ready.
+            let reporter = if mesh.pods().iter().any(|p| p.state == PodState::Frozen) {
+                "the node controller marked the lost node's pod not ready"
+            } else {
+                "the kubelet reported the loss"
+            };
             mesh.publish().context("updating the endpoints")?;
             (
                 "endpoints",
                 None,
                 format!(
-                    "the kubelet reported the loss: {} pods published to {}",
+                    "{reporter}: {} pods published to {}",
                     mesh.listed_count(),
                     mesh.endpoint_consumers()
                 ),

@@ -68,6 +68,10 @@ pub enum Action {
     /// waits for the client's current call to end and kills 20 ms into the
     /// next (the client must call back to back: `--interval 0`).
     Kill(Which),
+    /// SIGSTOP to a pod's app and sidecar (its node is lost): no answer, and
+    /// no FIN or RST on its connections; the endpoints still list it until a
+    /// [`Action::Publish`]. It lands mid-call, as a kill does.
+    Freeze(Which),
     /// SIGTERM to a pod's app (the pod is deleted): it reports NOT_SERVING
     /// and drains; the endpoints drop it at once. It lands mid-call, as a
     /// kill does.
@@ -79,7 +83,7 @@ pub enum Action {
 impl Action {
     /// Whether the engine applies it while a call is in flight.
     pub fn lands_mid_call(self) -> bool {
-        matches!(self, Self::Kill(_) | Self::Drain(_))
+        matches!(self, Self::Kill(_) | Self::Freeze(_) | Self::Drain(_))
     }
 }
 

@@ -71,6 +71,7 @@ pub const SUBNETS: &[(&str, u8)] = &[
     ("scale-out-rr", 117),
     ("max-age-l4", 118),
     ("http-mesh", 119),
+    ("node-loss-mesh", 127),
     ("cli: json run", 108),
     ("envoy_configs: address in use", 120),
     ("envoy_configs: refused plugin config", 121),
