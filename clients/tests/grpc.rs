@@ -2,7 +2,13 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    net::SocketAddr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
 
 use common::{
     CLIENT_GRPC, KillableServer, Running, TestServer, closed_port, run_client, run_client_with_env,
@@ -505,6 +511,21 @@ async fn bad_flags_give_one_line_and_exit_64() {
         (&["--host", "x"], "no port"),
         (&["--host", "a:1,b:2"], "round-robin"),
         (&["--host", "x:1", "--timeout", "0"], "--timeout"),
+        (
+            &["--host", "x:1", "--keepalive-time", "0"],
+            "--keepalive-time",
+        ),
+        (
+            &[
+                "--host",
+                "x:1",
+                "--keepalive-time",
+                "1s",
+                "--keepalive-timeout",
+                "0",
+            ],
+            "--keepalive-timeout",
+        ),
         (&[], "--host"),
     ] {
         let out = run_client("grpc-bad-flags", CLIENT_GRPC, args).await;
@@ -714,4 +735,132 @@ async fn calls_a_goaway_left_unsent_are_sent_again_and_none_fails() {
     // About 1.5 s of calls at a 150 ms age: many connections, not one.
     assert!(summary["connections"].as_u64().unwrap() >= 4, "{summary}");
     server.stop().await;
+}
+
+/// A TCP relay to `upstream` whose first connection goes silent `after` it
+/// opens: it stays open but passes nothing either way, as a connection to a
+/// node that vanished (no FIN, no RST). Later connections relay as usual.
+async fn relay_whose_first_connection_goes_silent(
+    upstream: SocketAddr,
+    after: Duration,
+) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut down, _)) = listener.accept().await {
+            let goes_silent = std::mem::take(&mut first);
+            tokio::spawn(async move {
+                let Ok(mut up) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let relay = tokio::io::copy_bidirectional(&mut down, &mut up);
+                if goes_silent {
+                    let _ = tokio::time::timeout(after, relay).await;
+                    // Both ends held open, nothing read or written.
+                    std::future::pending::<()>().await;
+                } else {
+                    let _ = relay.await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn code(call: &Value) -> &str {
+    call["code"].as_str().unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_keepalive_a_silent_connection_is_never_left() {
+    // gRPC's default: nothing notices a peer that vanished, so every call
+    // on its connection waits out its deadline, to the end.
+    let server = TestServer::start("pod-a").await;
+    let relay =
+        relay_whose_first_connection_goes_silent(server.grpc, Duration::from_millis(400)).await;
+    let host = relay.to_string();
+    let out = run_client(
+        "grpc-silent-no-keepalive",
+        CLIENT_GRPC,
+        &[
+            "--host",
+            &host,
+            "--count",
+            "8",
+            "--interval",
+            "100ms",
+            "--timeout",
+            "300ms",
+            "--json",
+        ],
+    )
+    .await;
+    let lines = out.json();
+    let calls = &lines[..lines.len() - 1];
+    assert_eq!(calls.len(), 8, "{}", out.stdout);
+    let first_failure = calls
+        .iter()
+        .position(|c| c["ok"] == false)
+        .expect("a call failed");
+    assert!(first_failure >= 1, "{}", out.stdout);
+    for call in &calls[first_failure..] {
+        assert_eq!(code(call), "DEADLINE_EXCEEDED", "{}", out.stdout);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keepalive_closes_a_silent_connection_and_the_client_reconnects() {
+    let server = TestServer::start("pod-a").await;
+    let relay =
+        relay_whose_first_connection_goes_silent(server.grpc, Duration::from_millis(400)).await;
+    let host = relay.to_string();
+    let out = run_client(
+        "grpc-silent-keepalive",
+        CLIENT_GRPC,
+        &[
+            "--host",
+            &host,
+            "--count",
+            "12",
+            "--interval",
+            "100ms",
+            "--timeout",
+            "2s",
+            "--keepalive-time",
+            "100ms",
+            "--keepalive-timeout",
+            "100ms",
+            "--json",
+        ],
+    )
+    .await;
+    assert!(
+        out.stderr.contains("keepalive 100ms (timeout 100ms)"),
+        "{}",
+        out.stderr
+    );
+    let lines = out.json();
+    let calls = &lines[..lines.len() - 1];
+    assert_eq!(calls.len(), 12, "{}", out.stdout);
+    let failed: Vec<&Value> = calls.iter().filter(|c| c["ok"] == false).collect();
+    assert!(!failed.is_empty(), "no call failed: {}", out.stdout);
+    for call in &failed {
+        // Failed by the closed connection, well before the 2 s deadline.
+        assert_ne!(code(call), "DEADLINE_EXCEEDED", "{}", out.stdout);
+        assert!(
+            call["latency_us"].as_u64().unwrap() < 1_000_000,
+            "{}",
+            out.stdout
+        );
+    }
+    // Then a new connection (the server's count starts again), and answers.
+    let last = calls.last().unwrap();
+    assert_eq!(last["ok"], true, "{}", out.stdout);
+    assert_eq!(
+        lines.last().unwrap()["summary"]["connections"],
+        2,
+        "{}",
+        out.stdout
+    );
 }

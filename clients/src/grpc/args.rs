@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use hyper::http::uri::Authority;
 
-use super::{Config, dns::parse_dns_server, round_robin::Resolver};
+use super::{Config, Keepalive, dns::parse_dns_server, round_robin::Resolver};
 use crate::{
     calling_loop::LoopConfig,
     cli::LoopArgs,
@@ -50,6 +50,19 @@ pub struct Args {
     /// cache), e.g. the local mesh's; default: the system resolver.
     #[arg(long, env = "CLIENT_DNS_SERVER", value_name = "IP:PORT")]
     pub dns_server: Option<String>,
+
+    /// Send an HTTP/2 PING on every connection this often, with or without
+    /// calls in flight (gRPC's keepalive time, PermitWithoutStream); a PING
+    /// unanswered for --keepalive-timeout closes the connection, failing its
+    /// calls, and the next call reconnects. Default: off, as in gRPC: a
+    /// connection to a node that vanished (no FIN, no RST) is then never
+    /// closed, and every call on it waits out its deadline.
+    #[arg(long, env = "CLIENT_KEEPALIVE_TIME", value_parser = parse_duration, value_name = "DURATION")]
+    pub keepalive_time: Option<Duration>,
+
+    /// With --keepalive-time: how long a PING may go unanswered.
+    #[arg(long, env = "CLIENT_KEEPALIVE_TIMEOUT", value_parser = parse_duration, value_name = "DURATION", default_value = "20s")]
+    pub keepalive_timeout: Duration,
 
     #[command(flatten)]
     pub common: LoopArgs,
@@ -95,6 +108,22 @@ impl Args {
             }
             Some(raw) => Resolver::dns_server(parse_dns_server(raw)?, self.common.timeout)?,
         };
+        let keepalive = match self.keepalive_time {
+            None => None,
+            Some(time) if time.is_zero() => {
+                return Err(
+                    "--keepalive-time must be greater than 0 (leave it out for no keepalive)"
+                        .into(),
+                );
+            }
+            Some(_) if self.keepalive_timeout.is_zero() => {
+                return Err("--keepalive-timeout must be greater than 0".into());
+            }
+            Some(time) => Some(Keepalive {
+                time,
+                timeout: self.keepalive_timeout,
+            }),
+        };
         let config = Config {
             targets,
             mode: self.mode,
@@ -104,6 +133,7 @@ impl Args {
             resolve_every: self.resolve_every,
             resolver,
             headers: self.common.headers.iter().cloned().collect(),
+            keepalive,
         };
         Ok((config, self.common.loop_config()?))
     }
@@ -113,8 +143,16 @@ impl Args {
             Some(server) => format!(", DNS server {}", server.trim()),
             None => String::new(),
         };
+        let keepalive = match self.keepalive_time {
+            Some(time) => format!(
+                ", keepalive {} (timeout {})",
+                format_duration(time),
+                format_duration(self.keepalive_timeout)
+            ),
+            None => String::new(),
+        };
         format!(
-            "client-grpc: target {}, mode {}{dns}, delay {}, {}",
+            "client-grpc: target {}, mode {}{dns}{keepalive}, delay {}, {}",
             self.host,
             self.mode.name(),
             format_duration(self.delay),

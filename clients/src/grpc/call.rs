@@ -12,7 +12,7 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
-use super::{Config, round_robin::Pool};
+use super::{Config, Keepalive, round_robin::Pool};
 use crate::{
     calling_loop::Caller,
     duration::format_duration,
@@ -26,7 +26,18 @@ pub(super) fn endpoint(target: &Authority, config: &Config) -> Endpoint {
         .path_and_query("/")
         .build()
         .expect("scheme, a parsed authority and / make a valid URI");
-    Endpoint::from(uri).connect_timeout(config.timeout)
+    with_keepalive(Endpoint::from(uri), config.keepalive).connect_timeout(config.timeout)
+}
+
+/// `endpoint` with `keepalive`'s PINGs, if any.
+pub(super) fn with_keepalive(endpoint: Endpoint, keepalive: Option<Keepalive>) -> Endpoint {
+    match keepalive {
+        Some(k) => endpoint
+            .http2_keep_alive_interval(k.time)
+            .keep_alive_timeout(k.timeout)
+            .keep_alive_while_idle(true),
+        None => endpoint,
+    }
 }
 
 #[derive(Debug)]

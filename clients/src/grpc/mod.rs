@@ -39,6 +39,19 @@ pub struct Config {
     pub resolver: Resolver,
     /// Extra request metadata.
     pub headers: HeaderMap,
+    /// HTTP/2 keepalive on every connection; `None`: off, as in gRPC.
+    pub keepalive: Option<Keepalive>,
+}
+
+/// HTTP/2 keepalive (`--keepalive-time`, `--keepalive-timeout`), as
+/// grpc-go's `keepalive.ClientParameters` with `PermitWithoutStream`: a PING
+/// every `time`, with or without calls in flight, and the connection closed
+/// (its calls failed, the next call reconnecting) when one goes unanswered
+/// for `timeout`. What notices a peer that vanished without a FIN or RST.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    pub time: Duration,
+    pub timeout: Duration,
 }
 
 /// Runs the loop as configured until `count` or `shutdown`.

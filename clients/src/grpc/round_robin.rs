@@ -20,8 +20,8 @@ use hyper::{Uri, http::uri::Authority};
 use tonic::transport::{Channel, Endpoint};
 
 use super::{
-    Config,
-    call::{Shared, get_info},
+    Config, Keepalive,
+    call::{Shared, get_info, with_keepalive},
     dns::DnsServer,
 };
 use crate::{duration::format_duration, record::Call};
@@ -208,6 +208,7 @@ pub struct Pool {
     targets: Vec<Authority>,
     resolver: Resolver,
     timeout: Duration,
+    keepalive: Option<Keepalive>,
     backends: Mutex<Backends<Channel>>,
     last_error: Mutex<Option<String>>,
 }
@@ -221,6 +222,7 @@ impl Pool {
             targets: config.targets.clone(),
             resolver: config.resolver.clone(),
             timeout: config.timeout,
+            keepalive: config.keepalive,
             backends: Mutex::new(Backends::default()),
             last_error: Mutex::new(None),
         });
@@ -285,7 +287,8 @@ impl Pool {
             .path_and_query("/")
             .build()
             .expect("a socket address is a valid authority");
-        let mut endpoint = Endpoint::from(uri).connect_timeout(self.timeout);
+        let mut endpoint =
+            with_keepalive(Endpoint::from(uri), self.keepalive).connect_timeout(self.timeout);
         if let Ok(origin) = origin {
             endpoint = endpoint.origin(origin);
         }
@@ -482,6 +485,7 @@ mod re_resolution {
             resolve_every: Duration::from_millis(50),
             resolver,
             headers: HeaderMap::new(),
+            keepalive: None,
         };
         let pool = Pool::start(&config).await;
         let shared = Shared {
