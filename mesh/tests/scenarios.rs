@@ -230,4 +230,14 @@ scenario_tests! {
         assert_eq!(run["sidecar_retries"]["retried"], 0, "{:#}", run["sidecar_retries"]);
         silent_after(run, "frozen");
     };
+    node_loss_via_l4_is_left_by_keepalive_before_the_deadline: "node-loss-l4", |run: &Value| {
+        let summary = &run["summary"];
+        assert!(errors(run) >= 1, "{summary:#}");
+        assert!(summary["errors_by_code"].get("DEADLINE_EXCEEDED").is_none(), "{summary:#}");
+        assert!(run["failures"]["recovered_ms"].as_u64().is_some(), "{:#}", run["failures"]);
+        let called = pods_called(run);
+        assert_eq!(called.len(), 2, "the lost pod, then one other: {called:?}");
+        assert!(called.contains(&event_pod(run, "frozen")));
+        silent_after(run, "frozen");
+    };
 }

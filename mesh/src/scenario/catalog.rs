@@ -30,7 +30,7 @@ const POD_LOSS: &[Event] = &[
 ];
 
 /// The node of the pod with the call in flight lost 1 s in; the endpoints
-/// catch up 2 s later (`node-loss-*`; on a cluster, the node controller
+/// catch up 2 s later (`node-loss-mesh`; on a cluster, the node controller
 /// takes 40 s and more to mark a silent node).
 const NODE_LOSS: &[Event] = &[
     Event {
@@ -41,6 +41,16 @@ const NODE_LOSS: &[Event] = &[
         at: Duration::from_secs(3),
         action: Action::Publish,
     },
+];
+
+/// [`NODE_LOSS`] where the client's one connection is: its pinned pod
+/// (`node-loss-l4`).
+const NODE_LOSS_PINNED: &[Event] = &[
+    Event {
+        at: Duration::from_secs(1),
+        action: Action::Freeze(Which::Serving),
+    },
+    NODE_LOSS[1],
 ];
 
 /// gRPC calls back to back, each held 100 ms: a call is always in flight,
@@ -374,6 +384,34 @@ pub const SCENARIOS: &[Scenario] = &[
         events: NODE_LOSS,
         expected: "the call in flight on the lost pod hangs until its 1 s deadline: the client gives up (DEADLINE_EXCEEDED), or its sidecar does first (UNAVAILABLE upstream request timeout: Istio's routes honor the call's grpc-timeout); until the endpoints drop the pod the sidecar may pick it again, and those calls hang too: nothing resets a connection, so Istio's default retries never fire; after the endpoints update no call fails",
         check: check::calls_to_a_lost_pod_hang_until_the_deadline,
+    },
+    Scenario {
+        number: 18,
+        name: "node-loss-l4",
+        title: "node loss: gRPC client with keepalive via the L4 Service, the pod it is pinned to stops answering (no reset)",
+        path: L4Service,
+        pods: Pods::Exactly(3),
+        destination_rule: None,
+        server_args: &[],
+        client: Client {
+            args: &[
+                "--host",
+                "{target}",
+                "--delay",
+                "100ms",
+                "--timeout",
+                "1s",
+                "--keepalive-time",
+                "200ms",
+                "--keepalive-timeout",
+                "200ms",
+            ],
+            calls: Calls::AtLeast(40),
+            ..CALLS_ALWAYS_IN_FLIGHT
+        },
+        events: NODE_LOSS_PINNED,
+        expected: "the connection to the lost pod goes silent; the client's keepalive (a PING every 200 ms, 200 ms to answer) closes it well before the 1 s deadline, failing the call in flight, and the client reconnects through kube-proxy, which may pick the lost pod again until the endpoints drop it; then it is pinned to another pod. Without keepalive (gRPC's default) every later call would wait out its deadline on the dead connection",
+        check: check::keepalive_leaves_the_lost_pod,
     },
 ];
 

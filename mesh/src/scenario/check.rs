@@ -495,7 +495,50 @@ pub fn calls_to_a_lost_pod_hang_until_the_deadline(e: &Evidence) -> Vec<String> 
     problems.into()
 }
 
-/// `node-loss-mesh`'s client deadline (`--timeout`), and how early the
+/// `node-loss-l4`: the client's keepalive notices the silent connection and
+/// closes it, failing its call before the deadline; it reconnects through
+/// kube-proxy until it is pinned to a pod that answers.
+pub fn keepalive_leaves_the_lost_pod(e: &Evidence) -> Vec<String> {
+    let mut problems = Problems::default();
+    let (Some(frozen), Some(published)) =
+        (problems.event(e, "frozen"), problems.event(e, "endpoints"))
+    else {
+        return problems.into();
+    };
+    let pod = frozen.pod.as_deref().unwrap_or_default();
+    let before: BTreeSet<&str> = pods_answering(e, |start| start < frozen.at());
+    problems.expect(before.len() == 1 && before.contains(pod), || {
+        format!("before the node was lost, calls went to {before:?}, expected only {pod}")
+    });
+    problems.expect(e.summary.errors > 0, || {
+        "no call failed, though a call was in flight on the lost pod".into()
+    });
+    for c in e.calls.iter().filter(|c| c.call.outcome.is_err()) {
+        let code = c
+            .call
+            .outcome
+            .as_ref()
+            .map_or_else(|e| e.code.as_str(), |_| "");
+        problems.expect(code != "DEADLINE_EXCEEDED" && c.latency < LOST_POD_DEADLINE, || {
+            format!(
+                "call {} failed with {code} after {:?}: keepalive should have closed the connection before the {LOST_POD_DEADLINE:?} deadline",
+                c.n, c.latency
+            )
+        });
+    }
+    problems.not_after(e, frozen);
+    let after = pods_answering(e, |start| start > published.done());
+    problems.expect(after.len() == 1 && !after.contains(pod), || {
+        format!("after the endpoints update, calls went to {after:?}, expected one other pod")
+    });
+    problems.expect(
+        e.calls.last().is_some_and(|c| c.call.outcome.is_ok()),
+        || "the client did not recover: its last call failed".into(),
+    );
+    problems.into()
+}
+
+/// `node-loss-*`'s client deadline (`--timeout`), and how early the
 /// sidecar's timer may fire by the client's clock (the header carries the
 /// time left when the call was sent).
 const LOST_POD_DEADLINE: Duration = Duration::from_secs(1);
@@ -935,6 +978,44 @@ mod tests {
         ]);
         let found = nothing.problems(calls_to_a_lost_pod_hang_until_the_deadline);
         assert!(says(&found, "no call failed"), "{found:?}");
+    }
+
+    #[test]
+    fn keepalive_must_fail_the_lost_connection_before_the_deadline() {
+        let run = |calls: &[(Option<&str>, u64)], failure: (&str, u64)| {
+            let mut run = Run::new(&["a", "b", "c"], calls)
+                .event("frozen", "a", 1000, 1001)
+                .event("endpoints", "a", 3000, 3005);
+            for r in run.calls.iter_mut().filter(|r| r.call.outcome.is_err()) {
+                r.call = Call::error(failure.0, "keep-alive timed out");
+                r.latency = Duration::from_millis(failure.1);
+            }
+            run
+        };
+        let calls = [
+            (Some("a"), 500),
+            (None, 990),
+            (Some("b"), 1500),
+            (Some("b"), 3500),
+        ];
+        let good = run(&calls, ("UNAVAILABLE", 400));
+        assert_eq!(
+            good.problems(keepalive_leaves_the_lost_pod),
+            Vec::<String>::new()
+        );
+        let deadline = run(&calls, ("DEADLINE_EXCEEDED", 1000));
+        let found = deadline.problems(keepalive_leaves_the_lost_pod);
+        assert!(
+            says(&found, "keepalive should have closed the connection"),
+            "{found:?}"
+        );
+        let stuck = run(
+            &[(Some("a"), 500), (None, 990), (None, 1500), (None, 3500)],
+            ("UNAVAILABLE", 400),
+        );
+        let found = stuck.problems(keepalive_leaves_the_lost_pod);
+        assert!(says(&found, "the client did not recover"), "{found:?}");
+        assert!(says(&found, "expected one other pod"), "{found:?}");
     }
 
     #[test]

@@ -557,6 +557,7 @@ mod tests {
             "client-grpc --host 127.10.2.1:30051 --count 60 --interval 50ms",
             "client-http --url http://127.10.3.1:80/ --count 30 --interval 0",
             "client-grpc --host 127.10.3.1:30051 --delay 100ms --timeout 1s --count 40 --interval 0",
+            "client-grpc --host 127.10.2.1:30051 --delay 100ms --timeout 1s --keepalive-time 200ms --keepalive-timeout 200ms --count 40 --interval 0",
         ];
         assert_eq!(SCENARIOS.len(), expected.len());
         for (s, command) in SCENARIOS.iter().zip(expected) {

@@ -72,6 +72,7 @@ pub const SUBNETS: &[(&str, u8)] = &[
     ("max-age-l4", 118),
     ("http-mesh", 119),
     ("node-loss-mesh", 127),
+    ("node-loss-l4", 128),
     ("cli: json run", 108),
     ("envoy_configs: address in use", 120),
     ("envoy_configs: refused plugin config", 121),
