@@ -382,7 +382,7 @@ pub const SCENARIOS: &[Scenario] = &[
             ..CALLS_ALWAYS_IN_FLIGHT
         },
         events: NODE_LOSS,
-        expected: "the call in flight on the lost pod hangs until its 1 s deadline: the client gives up (DEADLINE_EXCEEDED), or its sidecar does first (UNAVAILABLE upstream request timeout: Istio's routes honor the call's grpc-timeout); until the endpoints drop the pod the sidecar may pick it again, and those calls hang too: nothing resets a connection, so Istio's default retries never fire; after the endpoints update no call fails",
+        expected: "the call in flight on the lost pod hangs until its 1 s deadline: the client gives up (DEADLINE_EXCEEDED), or its sidecar does first (UNAVAILABLE upstream request timeout: Istio's routes honor the call's grpc-timeout); until the endpoints drop the pod the sidecar may pick it again, and those calls hang too: nothing resets a connection, so Istio's default retries never fire; no call started after the endpoints update fails",
         check: check::calls_to_a_lost_pod_hang_until_the_deadline,
     },
     Scenario {

@@ -438,9 +438,9 @@ pub fn sidecars_reuse_app_connections(e: &Evidence) -> Vec<String> {
 
 /// `node-loss-mesh`: the lost pod neither answers nor resets a connection:
 /// the call in flight on it, and any the sidecar sends it before the
-/// endpoints drop it, wait out the client's deadline (nothing was reset or
-/// refused, so no retry policy fires); once the endpoints drop it, no call
-/// fails.
+/// endpoints drop it, wait out their deadline, the client's or its
+/// sidecar's (nothing was reset or refused, so no retry policy fires); no
+/// call started after the endpoints drop it fails.
 pub fn calls_to_a_lost_pod_hang_until_the_deadline(e: &Evidence) -> Vec<String> {
     let mut problems = Problems::default();
     let (Some(frozen), Some(published)) =
