@@ -526,6 +526,10 @@ async fn bad_flags_give_one_line_and_exit_64() {
             ],
             "--keepalive-timeout",
         ),
+        (
+            &["--host", "x:1", "--keepalive-timeout", "1s"],
+            "--keepalive-time",
+        ),
         (&[], "--host"),
     ] {
         let out = run_client("grpc-bad-flags", CLIENT_GRPC, args).await;
@@ -857,10 +861,10 @@ async fn keepalive_closes_a_silent_connection_and_the_client_reconnects() {
     // Then a new connection (the server's count starts again), and answers.
     let last = calls.last().unwrap();
     assert_eq!(last["ok"], true, "{}", out.stdout);
-    assert_eq!(
-        lines.last().unwrap()["summary"]["connections"],
-        2,
-        "{}",
-        out.stdout
-    );
+    // At least the silent one and a new one (a PING starved on a busy
+    // machine may close a healthy connection too).
+    let connections = lines.last().unwrap()["summary"]["connections"]
+        .as_u64()
+        .unwrap();
+    assert!(connections >= 2, "{}", out.stdout);
 }

@@ -101,8 +101,9 @@ impl LinePrinter {
             Ok(pod) => !self.answered.contains(pod) && self.answered.insert(pod.clone()),
             Err(_) => false,
         };
+        let struck = std::mem::take(&mut self.after_event);
         let interesting = self.shown < HEAD
-            || std::mem::take(&mut self.after_event)
+            || struck
             || new_pod
             || (self.shown < CAP && (new_connection || record.call.outcome.is_err()));
         let line = record.text_line();

@@ -659,25 +659,37 @@ impl Mesh {
     }
 
     /// The running pods whose sidecars have a request in flight (their
-    /// inbound listeners' `downstream_rq_active`), by index.
-    pub fn pods_with_requests_in_flight(&self) -> Vec<usize> {
-        let in_flight = |sidecar: &Envoy| -> u64 {
-            let Ok(stats) = sidecar.stats() else { return 0 };
-            stats
-                .iter()
+    /// inbound listeners' `downstream_rq_active`), by index. An error if the
+    /// mesh has no server sidecars or one cannot be read.
+    pub fn pods_with_requests_in_flight(&self) -> anyhow::Result<Vec<usize>> {
+        if self.start.layout.sidecars.is_none() {
+            bail!("the pods have no sidecars to tell which one has the call in flight");
+        }
+        let mut busy = Vec::new();
+        for (i, pod) in self.pods.iter().enumerate() {
+            let Some(sidecar) = pod
+                .sidecar
+                .as_ref()
+                .filter(|_| pod.state == PodState::Ready)
+            else {
+                continue;
+            };
+            let stats = sidecar
+                .admin_get("/stats?filter=downstream_rq_active")
+                .with_context(|| format!("reading {}'s sidecar stats", pod.name))?;
+            let in_flight: u64 = stats
+                .lines()
+                .filter_map(|line| line.split_once(": "))
                 .filter(|(name, _)| {
                     name.starts_with("http.inbound_") && name.ends_with(".downstream_rq_active")
                 })
-                .map(|(_, v)| v)
-                .sum()
-        };
-        self.pods
-            .iter()
-            .enumerate()
-            .filter(|(_, pod)| pod.state == PodState::Ready)
-            .filter(|(_, pod)| pod.sidecar.as_ref().is_some_and(|s| in_flight(s) > 0))
-            .map(|(i, _)| i)
-            .collect()
+                .filter_map(|(_, value)| value.trim().parse::<u64>().ok())
+                .sum();
+            if in_flight > 0 {
+                busy.push(i);
+            }
+        }
+        Ok(busy)
     }
 
     /// The sidecar of server pod `i`'s admin address (stats, config_dump).

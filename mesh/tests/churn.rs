@@ -181,6 +181,8 @@ fn a_panic_after_a_scale_out_stops_every_pod_including_the_added_one() {
         let mut mesh = Mesh::start(&artifacts, addrs, &layout, &plugin, "panic", 1).unwrap();
         mesh.add_pod().unwrap();
         mesh.publish().unwrap();
+        // A stopped pod too: SIGKILL still ends it.
+        mesh.freeze_pod(0).unwrap();
         running = processes_on(subnet);
         panic!("a bug in the middle of a run");
     }));

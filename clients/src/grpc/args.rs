@@ -61,7 +61,7 @@ pub struct Args {
     pub keepalive_time: Option<Duration>,
 
     /// With --keepalive-time: how long a PING may go unanswered.
-    #[arg(long, env = "CLIENT_KEEPALIVE_TIMEOUT", value_parser = parse_duration, value_name = "DURATION", default_value = "20s")]
+    #[arg(long, env = "CLIENT_KEEPALIVE_TIMEOUT", value_parser = parse_duration, value_name = "DURATION", default_value = "20s", requires = "keepalive_time")]
     pub keepalive_timeout: Duration,
 
     #[command(flatten)]

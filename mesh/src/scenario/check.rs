@@ -455,9 +455,7 @@ pub fn calls_to_a_lost_pod_hang_until_the_deadline(e: &Evidence) -> Vec<String> 
         .zip(e.starts.iter().copied())
         .filter(|(c, _)| c.call.outcome.is_err())
         .collect();
-    problems.expect(!failures.is_empty(), || {
-        format!("no call failed, though a call was in flight on {pod} when its node was lost")
-    });
+    problems.struck_call_failed(e, frozen);
     for (c, start) in failures {
         let (code, message) = c
             .call
@@ -510,9 +508,7 @@ pub fn keepalive_leaves_the_lost_pod(e: &Evidence) -> Vec<String> {
     problems.expect(before.len() == 1 && before.contains(pod), || {
         format!("before the node was lost, calls went to {before:?}, expected only {pod}")
     });
-    problems.expect(e.summary.errors > 0, || {
-        "no call failed, though a call was in flight on the lost pod".into()
-    });
+    problems.struck_call_failed(e, frozen);
     for c in e.calls.iter().filter(|c| c.call.outcome.is_err()) {
         let code = c
             .call
@@ -527,9 +523,11 @@ pub fn keepalive_leaves_the_lost_pod(e: &Evidence) -> Vec<String> {
         });
     }
     problems.not_after(e, frozen);
+    // Pinned to one of them, normally; a PING starved on a busy machine
+    // may move it once more, and that is keepalive doing its job.
     let after = pods_answering(e, |start| start > published.done());
-    problems.expect(after.len() == 1 && !after.contains(pod), || {
-        format!("after the endpoints update, calls went to {after:?}, expected one other pod")
+    problems.expect(!after.is_empty() && !after.contains(pod), || {
+        format!("after the endpoints update, calls went to {after:?}, expected other pods only")
     });
     problems.expect(
         e.calls.last().is_some_and(|c| c.call.outcome.is_ok()),
@@ -608,7 +606,10 @@ impl Problems {
     /// happened.
     fn event<'e>(&mut self, e: &'e Evidence, what: &str) -> Option<&'e Happened> {
         let found = e.events.iter().find(|h| h.what == what);
-        self.expect(found.is_some(), || format!("no pod was {what}"));
+        self.expect(found.is_some(), || match what {
+            "endpoints" => "the endpoints were never updated".into(),
+            _ => format!("no pod was {what}"),
+        });
         found
     }
 
@@ -644,6 +645,29 @@ impl Problems {
         self.expect(early == 0, || {
             format!("the added pod answered {early} calls started before it was added")
         });
+    }
+
+    /// The call in flight when `event` struck (started before it, ended
+    /// after it) failed.
+    fn struck_call_failed(&mut self, e: &Evidence, event: &Happened) {
+        let pod = event.pod.as_deref().unwrap_or_default();
+        let struck = e
+            .calls
+            .iter()
+            .zip(e.starts)
+            .find(|(c, start)| **start < event.at() && **start + c.latency > event.at());
+        match struck {
+            None => self.0.push(format!(
+                "no call was in flight when {pod} was {}",
+                event.what
+            )),
+            Some((c, _)) => self.expect(c.call.outcome.is_err(), || {
+                format!(
+                    "call {}, in flight when {pod} was {}, did not fail",
+                    c.n, event.what
+                )
+            }),
+        }
     }
 
     /// The pod `event` removed answers no call after it.
@@ -977,7 +1001,23 @@ mod tests {
             (Some("c"), 3600),
         ]);
         let found = nothing.problems(calls_to_a_lost_pod_hang_until_the_deadline);
-        assert!(says(&found, "no call failed"), "{found:?}");
+        assert!(
+            says(&found, "no call was in flight when a was frozen"),
+            "{found:?}"
+        );
+        // The call in flight at the freeze was answered: not on the lost pod.
+        let answered = run(&[
+            (Some("a"), 500),
+            (Some("b"), 995),
+            (None, 2500),
+            (Some("b"), 3500),
+            (Some("c"), 3600),
+        ]);
+        let found = answered.problems(calls_to_a_lost_pod_hang_until_the_deadline);
+        assert!(
+            says(&found, "call 2, in flight when a was frozen, did not fail"),
+            "{found:?}"
+        );
     }
 
     #[test]
@@ -1015,7 +1055,7 @@ mod tests {
         );
         let found = stuck.problems(keepalive_leaves_the_lost_pod);
         assert!(says(&found, "the client did not recover"), "{found:?}");
-        assert!(says(&found, "expected one other pod"), "{found:?}");
+        assert!(says(&found, "expected other pods only"), "{found:?}");
     }
 
     #[test]

@@ -186,7 +186,11 @@ impl Plan {
         ]);
         // A deadline well above any call's; a scenario about deadlines sets
         // its own in its arguments.
-        if !self.args.iter().any(|a| a == "--timeout") {
+        if !self
+            .args
+            .iter()
+            .any(|a| a == "--timeout" || a.starts_with("--timeout="))
+        {
             command.args(["--timeout", "3s"]);
         }
         command

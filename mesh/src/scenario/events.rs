@@ -163,14 +163,15 @@ fn pick(mesh: &Mesh, which: Which, calls: &[Record]) -> anyhow::Result<(usize, S
             // The request may still be on its way to a server sidecar.
             let deadline = Instant::now() + IN_FLIGHT_WAIT;
             loop {
-                match mesh.pods_with_requests_in_flight().as_slice() {
+                // Several busy: a call just ended as the next began; look again.
+                match mesh.pods_with_requests_in_flight()?.as_slice() {
                     [i] => return Ok((*i, mesh.pods()[*i].name.clone())),
-                    [] if Instant::now() < deadline => std::thread::sleep(IN_FLIGHT_POLL),
+                    _ if Instant::now() < deadline => std::thread::sleep(IN_FLIGHT_POLL),
                     [] => {
                         bail!("no server sidecar had a request in flight within {IN_FLIGHT_WAIT:?}")
                     }
                     many => bail!(
-                        "{} server sidecars have requests in flight; the event needs one",
+                        "{} server sidecars still had requests in flight after {IN_FLIGHT_WAIT:?}; the event needs one",
                         many.len()
                     ),
                 }
