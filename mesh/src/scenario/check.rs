@@ -5,7 +5,7 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use sidecar::destination_rule::ClusterPolicy;
-use wire::{Record, Summary};
+use wire::{CallError, Record, Summary};
 
 use super::{engine::DnsAnswer, events::Happened};
 
@@ -234,16 +234,10 @@ pub fn reconnects_to_another_pod(e: &Evidence) -> Vec<String> {
         return problems.into();
     };
     let pod = killed.pod.as_deref().unwrap_or_default();
-    let before: BTreeSet<&str> = pods_answering(e, |start| start < killed.at());
-    problems.expect(before.len() == 1 && before.contains(pod), || {
-        format!("before the kill, calls went to {before:?}, expected only {pod}")
-    });
+    problems.only_pod_before(e, killed);
     problems.not_after(e, killed);
-    let failed_early = e
-        .calls
-        .iter()
-        .zip(e.starts)
-        .filter(|(c, start)| c.call.outcome.is_err() && **start + c.latency < killed.at())
+    let failed_early = failures(e)
+        .filter(|(c, start, _)| *start + c.latency < killed.at())
         .count();
     problems.expect(failed_early == 0, || {
         format!("{failed_early} calls failed before the kill")
@@ -252,10 +246,7 @@ pub fn reconnects_to_another_pod(e: &Evidence) -> Vec<String> {
         "no call failed, though a call was in flight on the killed pod".into()
     });
     // Recovered: the last call answered, and once answered again, pinned.
-    problems.expect(
-        e.calls.last().is_some_and(|c| c.call.outcome.is_ok()),
-        || "the client did not recover: its last call failed".into(),
-    );
+    problems.recovered(e);
     let after = pods_answering(e, |start| start > killed.done());
     problems.expect(after.len() == 1 && !after.contains(pod), || {
         format!("after the kill, calls went to {after:?}, expected one other pod")
@@ -279,12 +270,7 @@ pub fn retries_hide_the_pod_loss(e: &Evidence) -> Vec<String> {
         )
     });
     problems.not_after(e, killed);
-    let pod = killed.pod.as_deref().unwrap_or_default();
-    let after = pods_answering(e, |start| start > killed.done());
-    let others = e.pod_names.len() - 1;
-    problems.expect(after.len() == others && !after.contains(pod), || {
-        format!("after the kill, calls went to {after:?}, expected every other pod ({others})")
-    });
+    problems.every_other_pod_after(e, killed, killed.done(), "the kill");
     problems.all_tagged(e.summary);
     problems.into()
 }
@@ -299,11 +285,8 @@ pub fn drains_without_failures(e: &Evidence) -> Vec<String> {
     };
     let pod = drained.pod.as_deref().unwrap_or_default();
     // The drain struck mid-call: that call finishes on the draining pod.
-    let finished_there = e.calls.iter().zip(e.starts).any(|(c, start)| {
-        c.call.outcome.as_deref() == Ok(pod)
-            && *start < drained.at()
-            && *start + c.latency > drained.at()
-    });
+    let finished_there =
+        struck_call(e, drained).is_some_and(|c| c.call.outcome.as_deref() == Ok(pod));
     problems.expect(finished_there, || {
         format!("no call in flight on {pod} at the SIGTERM finished there")
     });
@@ -319,13 +302,7 @@ pub fn drains_without_failures(e: &Evidence) -> Vec<String> {
     });
     // Calls started after the update: one in flight at the drain ends
     // after it, on the draining pod, as it should.
-    let others = e.pod_names.len() - 1;
-    let after = pods_answering(e, |start| start > drained.done());
-    problems.expect(after.len() == others && !after.contains(pod), || {
-        format!(
-            "calls started after the drain went to {after:?}, expected every other pod ({others})"
-        )
-    });
+    problems.every_other_pod_after(e, drained, drained.done(), "the drain");
     problems.into()
 }
 
@@ -448,20 +425,9 @@ pub fn calls_to_a_lost_pod_hang_until_the_deadline(e: &Evidence) -> Vec<String> 
     else {
         return problems.into();
     };
-    let pod = frozen.pod.as_deref().unwrap_or_default();
-    let failures: Vec<(&Record, Duration)> = e
-        .calls
-        .iter()
-        .zip(e.starts.iter().copied())
-        .filter(|(c, _)| c.call.outcome.is_err())
-        .collect();
     problems.struck_call_failed(e, frozen);
-    for (c, start) in failures {
-        let (code, message) = c
-            .call
-            .outcome
-            .as_ref()
-            .map_or_else(|e| (e.code.as_str(), e.message.as_str()), |_| ("", ""));
+    for (c, start, error) in failures(e) {
+        let (code, message) = (error.code.as_str(), error.message.as_str());
         // Whichever timer fires first: the client's own, or its sidecar's,
         // which Istio's routes set from the call's `grpc-timeout` header
         // (`max_grpc_timeout: 0s`) and which answers UNAVAILABLE.
@@ -484,11 +450,7 @@ pub fn calls_to_a_lost_pod_hang_until_the_deadline(e: &Evidence) -> Vec<String> 
         );
     }
     problems.not_after(e, frozen);
-    let others = e.pod_names.len() - 1;
-    let after = pods_answering(e, |start| start > published.done());
-    problems.expect(after.len() == others && !after.contains(pod), || {
-        format!("after the endpoints update, calls went to {after:?}, expected every other pod ({others})")
-    });
+    problems.every_other_pod_after(e, frozen, published.done(), "the endpoints update");
     problems.all_tagged(e.summary);
     problems.into()
 }
@@ -504,17 +466,10 @@ pub fn keepalive_leaves_the_lost_pod(e: &Evidence) -> Vec<String> {
         return problems.into();
     };
     let pod = frozen.pod.as_deref().unwrap_or_default();
-    let before: BTreeSet<&str> = pods_answering(e, |start| start < frozen.at());
-    problems.expect(before.len() == 1 && before.contains(pod), || {
-        format!("before the node was lost, calls went to {before:?}, expected only {pod}")
-    });
+    problems.only_pod_before(e, frozen);
     problems.struck_call_failed(e, frozen);
-    for c in e.calls.iter().filter(|c| c.call.outcome.is_err()) {
-        let code = c
-            .call
-            .outcome
-            .as_ref()
-            .map_or_else(|e| e.code.as_str(), |_| "");
+    for (c, _, error) in failures(e) {
+        let code = error.code.as_str();
         problems.expect(code != "DEADLINE_EXCEEDED" && c.latency < LOST_POD_DEADLINE, || {
             format!(
                 "call {} failed with {code} after {:?}: keepalive should have closed the connection before the {LOST_POD_DEADLINE:?} deadline",
@@ -529,10 +484,7 @@ pub fn keepalive_leaves_the_lost_pod(e: &Evidence) -> Vec<String> {
     problems.expect(!after.is_empty() && !after.contains(pod), || {
         format!("after the endpoints update, calls went to {after:?}, expected other pods only")
     });
-    problems.expect(
-        e.calls.last().is_some_and(|c| c.call.outcome.is_ok()),
-        || "the client did not recover: its last call failed".into(),
-    );
+    problems.recovered(e);
     problems.into()
 }
 
@@ -545,6 +497,23 @@ const LOST_POD_DEADLINE_NEAR: Duration = Duration::from_millis(950);
 /// Envoy's LEAST_REQUEST picks among 4 idle pods at random: the new pod is
 /// missed 30 calls in a row with odds (3/4)^30, about 2 in 10,000.
 const NEW_ENDPOINT_CALLS: usize = 30;
+
+/// The failed calls, with when each started and why it failed.
+fn failures<'e>(e: &'e Evidence) -> impl Iterator<Item = (&'e Record, Duration, &'e CallError)> {
+    e.calls
+        .iter()
+        .zip(e.starts)
+        .filter_map(|(c, start)| c.call.outcome.as_ref().err().map(|err| (c, *start, err)))
+}
+
+/// The call in flight when `event` struck: started before it, ended after.
+fn struck_call<'e>(e: &'e Evidence, event: &Happened) -> Option<&'e Record> {
+    e.calls
+        .iter()
+        .zip(e.starts)
+        .find(|(c, start)| **start < event.at() && **start + c.latency > event.at())
+        .map(|(c, _)| c)
+}
 
 /// When the calls `event`'s pod answered started.
 fn answered_by(e: &Evidence, event: &Happened) -> Vec<Duration> {
@@ -651,23 +620,56 @@ impl Problems {
     /// after it) failed.
     fn struck_call_failed(&mut self, e: &Evidence, event: &Happened) {
         let pod = event.pod.as_deref().unwrap_or_default();
-        let struck = e
-            .calls
-            .iter()
-            .zip(e.starts)
-            .find(|(c, start)| **start < event.at() && **start + c.latency > event.at());
-        match struck {
+        match struck_call(e, event) {
             None => self.0.push(format!(
                 "no call was in flight when {pod} was {}",
                 event.what
             )),
-            Some((c, _)) => self.expect(c.call.outcome.is_err(), || {
+            Some(c) => self.expect(c.call.outcome.is_err(), || {
                 format!(
                     "call {}, in flight when {pod} was {}, did not fail",
                     c.n, event.what
                 )
             }),
         }
+    }
+
+    /// Before `event`, only its pod answered (the client was pinned to it).
+    fn only_pod_before(&mut self, e: &Evidence, event: &Happened) {
+        let pod = event.pod.as_deref().unwrap_or_default();
+        let before = pods_answering(e, |start| start < event.at());
+        self.expect(before.len() == 1 && before.contains(pod), || {
+            format!(
+                "before {pod} was {}, calls went to {before:?}, expected only {pod}",
+                event.what
+            )
+        });
+    }
+
+    /// Calls started after `from` reached every pod but `event`'s.
+    fn every_other_pod_after(
+        &mut self,
+        e: &Evidence,
+        event: &Happened,
+        from: Duration,
+        when: &str,
+    ) {
+        let pod = event.pod.as_deref().unwrap_or_default();
+        let others = e.pod_names.len() - 1;
+        let after = pods_answering(e, |start| start > from);
+        self.expect(after.len() == others && !after.contains(pod), || {
+            format!(
+                "calls started after {when} went to {after:?}, expected every other pod ({others})"
+            )
+        });
+    }
+
+    /// The client's last call answered.
+    fn recovered(&mut self, e: &Evidence) {
+        self.expect(
+            e.calls.last().is_some_and(|c| c.call.outcome.is_ok()),
+            || "the client did not recover: its last call failed".into(),
+        );
     }
 
     /// The pod `event` removed answers no call after it.
