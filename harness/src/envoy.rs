@@ -281,6 +281,14 @@ impl Envoy {
         Ok(parse_stats(&self.admin_get("/stats")?))
     }
 
+    /// The counters and gauges whose names match `regex` (Envoy's
+    /// `/stats?filter=`), without transferring the rest.
+    pub fn stats_matching(&self, regex: &str) -> Result<BTreeMap<String, u64>> {
+        Ok(parse_stats(
+            &self.admin_get(&format!("/stats?filter={regex}"))?,
+        ))
+    }
+
     /// One counter or gauge from `/stats`, `None` if Envoy does not have it.
     pub fn stat(&self, name: &str) -> Result<Option<u64>> {
         Ok(self.stats()?.get(name).copied())

@@ -674,16 +674,12 @@ impl Mesh {
             else {
                 continue;
             };
-            let stats = sidecar
-                .admin_get("/stats?filter=downstream_rq_active")
-                .with_context(|| format!("reading {}'s sidecar stats", pod.name))?;
-            let in_flight: u64 = stats
-                .lines()
-                .filter_map(|line| line.split_once(": "))
-                .filter(|(name, _)| {
-                    name.starts_with("http.inbound_") && name.ends_with(".downstream_rq_active")
-                })
-                .filter_map(|(_, value)| value.trim().parse::<u64>().ok())
+            let in_flight: u64 = sidecar
+                .stats_matching("downstream_rq_active")
+                .with_context(|| format!("reading {}'s sidecar stats", pod.name))?
+                .iter()
+                .filter(|(name, _)| name.starts_with("http.inbound_"))
+                .map(|(_, v)| v)
                 .sum();
             if in_flight > 0 {
                 busy.push(i);

@@ -63,7 +63,7 @@ pub fn apply(
     let mut began = start.elapsed();
     let (what, pod, detail) = match event.action {
         Action::AddPod => {
-            let i = mesh.add_pod().context("adding a pod")?;
+            let i = mesh.add_pod().context(event.action.verb())?;
             let listed = mesh.listed_count();
             (
                 "added",
@@ -75,46 +75,12 @@ pub fn apply(
                 ),
             )
         }
-        Action::Kill(which) => {
+        Action::Kill(which) | Action::Freeze(which) | Action::Drain(which) => {
             let (i, name) = pick(mesh, which, calls)?;
             began = start.elapsed();
-            let containers = mesh.pods()[i].containers();
-            mesh.kill_pod(i)
-                .with_context(|| format!("killing {name}"))?;
-            (
-                "killed",
-                Some(name),
-                format!("SIGKILL to {containers}; the endpoints still list it"),
-            )
-        }
-        Action::Freeze(which) => {
-            let (i, name) = pick(mesh, which, calls)?;
-            began = start.elapsed();
-            let containers = mesh.pods()[i].containers();
-            mesh.freeze_pod(i)
-                .with_context(|| format!("freezing {name}"))?;
-            (
-                "frozen",
-                Some(name),
-                format!(
-                    "its node is lost: SIGSTOP to {containers}, its connections stay open and silent; the endpoints still list it"
-                ),
-            )
-        }
-        Action::Drain(which) => {
-            let (i, name) = pick(mesh, which, calls)?;
-            began = start.elapsed();
-            mesh.drain_pod(i)
-                .with_context(|| format!("draining {name}"))?;
-            (
-                "drained",
-                Some(name),
-                format!(
-                    "SIGTERM: NOT_SERVING, finishing its calls; dropped from {}: {} pods",
-                    mesh.endpoint_consumers(),
-                    mesh.listed_count()
-                ),
-            )
+            let (what, detail) = strike(mesh, event.action, i)
+                .with_context(|| format!("{} {name}", event.action.verb()))?;
+            (what, Some(name), detail)
         }
         Action::Publish => {
             // A lost node's kubelet reports nothing: the node controller
@@ -124,7 +90,7 @@ pub fn apply(
             } else {
                 "the kubelet reported the loss"
             };
-            mesh.publish().context("updating the endpoints")?;
+            mesh.publish().context(event.action.verb())?;
             (
                 "endpoints",
                 None,
@@ -142,6 +108,41 @@ pub fn apply(
         what,
         pod,
         detail,
+    })
+}
+
+/// A kill, freeze or drain of pod `i`: what it printed as, and the detail.
+fn strike(mesh: &mut Mesh, action: Action, i: usize) -> anyhow::Result<(&'static str, String)> {
+    let containers = mesh.pods()[i].containers();
+    Ok(match action {
+        Action::Kill(_) => {
+            mesh.kill_pod(i)?;
+            (
+                "killed",
+                format!("SIGKILL to {containers}; the endpoints still list it"),
+            )
+        }
+        Action::Freeze(_) => {
+            mesh.freeze_pod(i)?;
+            (
+                "frozen",
+                format!(
+                    "its node is lost: SIGSTOP to {containers}, its connections stay open and silent; the endpoints still list it"
+                ),
+            )
+        }
+        Action::Drain(_) => {
+            mesh.drain_pod(i)?;
+            (
+                "drained",
+                format!(
+                    "SIGTERM: NOT_SERVING, finishing its calls; dropped from {}: {} pods",
+                    mesh.endpoint_consumers(),
+                    mesh.listed_count()
+                ),
+            )
+        }
+        Action::AddPod | Action::Publish => bail!("{} acts on no one pod", action.verb()),
     })
 }
 

@@ -81,6 +81,17 @@ pub enum Action {
 }
 
 impl Action {
+    /// What it is doing, for messages ("killing server-…").
+    pub fn verb(self) -> &'static str {
+        match self {
+            Self::AddPod => "adding a pod",
+            Self::Kill(_) => "killing",
+            Self::Freeze(_) => "freezing",
+            Self::Drain(_) => "draining",
+            Self::Publish => "updating the endpoints",
+        }
+    }
+
     /// Whether the engine applies it while a call is in flight.
     pub fn lands_mid_call(self) -> bool {
         matches!(self, Self::Kill(_) | Self::Freeze(_) | Self::Drain(_))
