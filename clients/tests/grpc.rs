@@ -776,32 +776,34 @@ fn code(call: &Value) -> &str {
     call["code"].as_str().unwrap_or("")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn without_keepalive_a_silent_connection_is_never_left() {
-    // gRPC's default: nothing notices a peer that vanished, so every call
-    // on its connection waits out its deadline, to the end.
+/// `client-grpc --json` with `args` (after `--host`) through a relay whose
+/// first connection goes silent 400 ms in: its output, and its call records
+/// (the summary line left off).
+async fn through_a_relay_that_goes_silent(
+    name: &str,
+    args: &[&str],
+) -> (common::Output, Vec<Value>) {
     let server = TestServer::start("pod-a").await;
     let relay =
         relay_whose_first_connection_goes_silent(server.grpc, Duration::from_millis(400)).await;
     let host = relay.to_string();
-    let out = run_client(
+    let mut all = vec!["--host", &host, "--json"];
+    all.extend_from_slice(args);
+    let out = run_client(name, CLIENT_GRPC, &all).await;
+    let mut calls = out.json();
+    calls.pop();
+    (out, calls)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_keepalive_a_silent_connection_is_never_left() {
+    // gRPC's default: nothing notices a peer that vanished, so every call
+    // on its connection waits out its deadline, to the end.
+    let (out, calls) = through_a_relay_that_goes_silent(
         "grpc-silent-no-keepalive",
-        CLIENT_GRPC,
-        &[
-            "--host",
-            &host,
-            "--count",
-            "8",
-            "--interval",
-            "100ms",
-            "--timeout",
-            "300ms",
-            "--json",
-        ],
+        &["--count", "8", "--interval", "100ms", "--timeout", "300ms"],
     )
     .await;
-    let lines = out.json();
-    let calls = &lines[..lines.len() - 1];
     assert_eq!(calls.len(), 8, "{}", out.stdout);
     let first_failure = calls
         .iter()
@@ -815,16 +817,9 @@ async fn without_keepalive_a_silent_connection_is_never_left() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn keepalive_closes_a_silent_connection_and_the_client_reconnects() {
-    let server = TestServer::start("pod-a").await;
-    let relay =
-        relay_whose_first_connection_goes_silent(server.grpc, Duration::from_millis(400)).await;
-    let host = relay.to_string();
-    let out = run_client(
+    let (out, calls) = through_a_relay_that_goes_silent(
         "grpc-silent-keepalive",
-        CLIENT_GRPC,
         &[
-            "--host",
-            &host,
             "--count",
             "12",
             "--interval",
@@ -835,7 +830,6 @@ async fn keepalive_closes_a_silent_connection_and_the_client_reconnects() {
             "100ms",
             "--keepalive-timeout",
             "100ms",
-            "--json",
         ],
     )
     .await;
@@ -844,8 +838,6 @@ async fn keepalive_closes_a_silent_connection_and_the_client_reconnects() {
         "{}",
         out.stderr
     );
-    let lines = out.json();
-    let calls = &lines[..lines.len() - 1];
     assert_eq!(calls.len(), 12, "{}", out.stdout);
     let failed: Vec<&Value> = calls.iter().filter(|c| c["ok"] == false).collect();
     assert!(!failed.is_empty(), "no call failed: {}", out.stdout);
@@ -863,8 +855,7 @@ async fn keepalive_closes_a_silent_connection_and_the_client_reconnects() {
     assert_eq!(last["ok"], true, "{}", out.stdout);
     // At least the silent one and a new one (a PING starved on a busy
     // machine may close a healthy connection too).
-    let connections = lines.last().unwrap()["summary"]["connections"]
-        .as_u64()
-        .unwrap();
+    let summary = out.json().pop().unwrap();
+    let connections = summary["summary"]["connections"].as_u64().unwrap();
     assert!(connections >= 2, "{}", out.stdout);
 }
