@@ -229,6 +229,11 @@ impl Envoy {
         self.child.pid()
     }
 
+    /// Sends `signal` to the Envoy process ([`ChildGuard::signal`]).
+    pub fn signal(&self, signal: libc::c_int) -> std::io::Result<()> {
+        self.child.signal(signal)
+    }
+
     /// This run's directory (config, log).
     pub fn dir(&self) -> &Path {
         &self.dir

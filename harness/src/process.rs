@@ -122,6 +122,17 @@ impl ChildGuard {
         self.child.id()
     }
 
+    /// Sends `signal` (`libc::SIGTERM`, `libc::SIGSTOP`, ...) to the process.
+    pub fn signal(&self, signal: libc::c_int) -> std::io::Result<()> {
+        // SAFETY: kill(2) on our own child, whose pid stays ours until the
+        // guard reaps it.
+        if unsafe { libc::kill(self.pid() as i32, signal) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
     /// The name given at spawn time.
     pub fn name(&self) -> &str {
         &self.name

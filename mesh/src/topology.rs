@@ -544,18 +544,14 @@ impl Mesh {
     pub fn freeze_pod(&mut self, i: usize) -> anyhow::Result<()> {
         let pod = self.live_pod(i)?;
         pod.state = PodState::Frozen;
-        let pids = std::iter::once(pod.app.pid()).chain(pod.sidecar.as_ref().map(Envoy::pid));
-        for pid in pids {
-            // SAFETY: kill(2) on our own child's pid.
-            if unsafe { libc::kill(pid as i32, libc::SIGSTOP) } != 0 {
-                bail!(
-                    "cannot send SIGSTOP to {} (pid {pid}): {}",
-                    pod.name,
-                    std::io::Error::last_os_error()
-                );
-            }
-        }
-        Ok(())
+        pod.app
+            .signal(libc::SIGSTOP)
+            .and_then(|()| {
+                pod.sidecar
+                    .as_ref()
+                    .map_or(Ok(()), |s| s.signal(libc::SIGSTOP))
+            })
+            .with_context(|| format!("cannot send SIGSTOP to {}", pod.name))
     }
 
     /// SIGTERM to pod `i`'s app (Kubernetes deleting the pod): it reports
@@ -566,14 +562,9 @@ impl Mesh {
     pub fn drain_pod(&mut self, i: usize) -> anyhow::Result<()> {
         let pod = self.live_pod(i)?;
         pod.state = PodState::Terminating;
-        // SAFETY: kill(2) on our own child's pid.
-        if unsafe { libc::kill(pod.app.pid() as i32, libc::SIGTERM) } != 0 {
-            bail!(
-                "cannot send SIGTERM to {}: {}",
-                pod.name,
-                std::io::Error::last_os_error()
-            );
-        }
+        pod.app
+            .signal(libc::SIGTERM)
+            .with_context(|| format!("cannot send SIGTERM to {}", pod.name))?;
         self.publish()
     }
 
